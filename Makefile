@@ -1,0 +1,85 @@
+# tripod — build, test, lint and benchmark. `make test` is what CI runs
+# (through .ci/run) as root on a fresh machine, so it installs everything
+# it needs first.
+
+SHELL := /bin/bash
+GO ?= go
+TOOLS := $(CURDIR)/.tools/bin
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/tripod-dev/tripod/internal/cni/plugin.BuildVersion=$(VERSION)
+export PATH := $(TOOLS):$(PATH)
+
+# Debian packages the tests use: ping and ip (connectivity), dnsmasq (the
+# DHCP server the dhcp plugin is tested against), QEMU with Debian's kernel
+# and busybox (macvlan/ipvlan/vlan, which this host's kernel lacks).
+APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod
+
+# Go tools, pinned.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
+REFERENCE_PLUGINS_VERSION := v1.9.1
+REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
+
+
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni up install-cni clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tripod-cni ./cmd/tripod-cni
+	@mkdir -p $(BIN)/cni
+	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
+
+deps: apt-deps go-tools
+
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool
+
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
+
+$(TOOLS)/cnitool:
+	GOBIN=$(TOOLS) $(GO) install $(CNITOOL)
+
+# The reference plugins, for benchmarks side by side with tripod's.
+bench-deps: $(TOOLS)/reference/bridge
+
+$(TOOLS)/reference/bridge:
+	@mkdir -p $(TOOLS)/reference
+	GOBIN=$(TOOLS)/reference CGO_ENABLED=0 $(GO) install $(foreach p,$(REFERENCE_PLUGINS),github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$(p)),ipam,$(if $(filter portmap tuning bandwidth firewall,$(p)),meta,main))/$(p)@$(REFERENCE_PLUGINS_VERSION))
+
+lint:
+	@out=$$(gofmt -l cmd internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+
+test: deps build lint test-go
+
+test-go:
+	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
+
+bench: bench-cni
+
+bench-cni: deps build bench-deps
+	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
+
+# The main job. Until tripodd and tripod-csi land, it installs the CNI
+# plugins into /opt/cni/bin.
+up: deps build install-cni
+
+install-cni: build
+	install -d /opt/cni/bin
+	install -m 0755 $(BIN)/tripod-cni /opt/cni/bin/tripod-cni
+	@for p in $$($(BIN)/tripod-cni list); do ln -sfn tripod-cni /opt/cni/bin/$$p; done
+	@echo "tripod CNI plugins installed in /opt/cni/bin"
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,364 @@
+// Package cnitest is the harness for tripod's CNI tests: real network
+// namespaces, the real plugin binaries driven through libcni or exec'd
+// directly, unique names for everything a test creates, and checks that
+// nothing was left behind.
+package cnitest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/tripod-dev/tripod/internal/cni/nftown"
+	"golang.org/x/sys/unix"
+)
+
+// BinEnv names the directory holding the plugins under their type names
+// (the Makefile points it at bin/cni). When unset, Main builds them.
+const BinEnv = "TRIPOD_CNI_BIN"
+
+// Main runs a package's tests with the plugins available in BinEnv,
+// building them into a temporary directory when it is not set. Call it
+// from TestMain.
+func Main(m *testing.M) int {
+	if os.Getenv(BinEnv) != "" {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "tripod-cnitest-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cnitest:", err)
+		return 2
+	}
+	defer os.RemoveAll(dir)
+	if err := build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "cnitest: building plugins:", err)
+		return 2
+	}
+	os.Setenv(BinEnv, dir)
+	return m.Run()
+}
+
+func build(dir string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(dir, "tripod-cni")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/tripod-cni")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "list").Output()
+	if err != nil {
+		return fmt.Errorf("tripod-cni list: %w", err)
+	}
+	for _, name := range strings.Fields(string(out)) {
+		if err := os.Symlink("tripod-cni", filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// BinDir is the directory holding the plugins.
+func BinDir(t testing.TB) string {
+	t.Helper()
+	d := os.Getenv(BinEnv)
+	if d == "" {
+		t.Fatalf("%s is not set: call cnitest.Main from TestMain", BinEnv)
+	}
+	return d
+}
+
+// Root fails the test unless it runs as root: every CNI test needs real
+// namespaces and links.
+func Root(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: CNI tests create network namespaces and links, which needs root (make test runs as root)")
+	}
+}
+
+// Tag returns a short unique prefix (7 characters: "tp" + 5 hex) for the
+// names of everything one test creates, so that a link name built from it
+// plus up to 8 more characters still fits IFNAMSIZ.
+func Tag(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return "tp" + hex.EncodeToString(b)[:5]
+}
+
+// Netns is a network namespace made for a test, pinned at /run/netns/Name.
+type Netns struct {
+	Name string
+	Path string
+}
+
+// NewNetns creates a named network namespace that is removed when the test
+// ends, pass or fail.
+func NewNetns(t testing.TB, name string) *Netns {
+	t.Helper()
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := &Netns{Name: name, Path: filepath.Join("/run/netns", name)}
+	f, err := os.OpenFile(n.Path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		t.Fatalf("creating netns file: %v", err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is never unlocked: it ends with this goroutine rather
+		// than going back to the scheduler inside the new namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, n.Path, "", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind-mounting %s: %w", src, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(n.Path)
+		t.Fatalf("creating netns %s: %v", name, err)
+	}
+	t.Cleanup(func() { n.Remove(t) })
+	return n
+}
+
+// Remove unmounts and deletes the namespace; it may be called early to
+// simulate a container that is already gone.
+func (n *Netns) Remove(t testing.TB) {
+	t.Helper()
+	if err := unix.Unmount(n.Path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		t.Errorf("unmounting %s: %v", n.Path, err)
+	}
+	if err := os.Remove(n.Path); err != nil && !os.IsNotExist(err) {
+		t.Errorf("removing %s: %v", n.Path, err)
+	}
+}
+
+// Do runs fn inside the namespace on a locked thread.
+func (n *Netns) Do(t testing.TB, fn func() error) {
+	t.Helper()
+	if err := n.Try(fn); err != nil {
+		t.Fatalf("in netns %s: %v", n.Name, err)
+	}
+}
+
+// Try is Do returning the error instead of failing the test.
+func (n *Netns) Try(fn func() error) error {
+	f, err := os.Open(n.Path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: the thread dies with the goroutine.
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Exec runs a command inside the namespace (ip netns exec).
+func (n *Netns) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	return cmd.CombinedOutput()
+}
+
+// Ping sends pings from the namespace to addr and fails the test when none
+// is answered.
+func (n *Netns) Ping(t testing.TB, addr string) {
+	t.Helper()
+	if out, err := n.Exec(context.Background(), "ping", "-c", "2", "-i", "0.2", "-W", "2", addr); err != nil {
+		t.Fatalf("ping %s from %s: %v\n%s", addr, n.Name, err, out)
+	}
+}
+
+// Link returns the named link in the namespace.
+func (n *Netns) Link(t testing.TB, name string) netlink.Link {
+	t.Helper()
+	var l netlink.Link
+	n.Do(t, func() error {
+		var err error
+		l, err = netlink.LinkByName(name)
+		return err
+	})
+	return l
+}
+
+// Runner drives plugins through libcni with its own cache directory.
+type Runner struct {
+	CNI      *libcni.CNIConfig
+	CacheDir string
+}
+
+// NewRunner returns a libcni runner over BinDir (plus extra plugin
+// directories searched first).
+func NewRunner(t testing.TB, extraPath ...string) *Runner {
+	t.Helper()
+	cache := t.TempDir()
+	path := append(append([]string{}, extraPath...), BinDir(t))
+	return &Runner{CNI: libcni.NewCNIConfigWithCacheDir(path, cache, nil), CacheDir: cache}
+}
+
+// ConfList parses a network configuration list.
+func ConfList(t testing.TB, js string) *libcni.NetworkConfigList {
+	t.Helper()
+	// NetworkConfFromBytes takes both a list and a single plugin config,
+	// wrapping the latter as libcni does for .conf files.
+	cl, err := libcni.NetworkConfFromBytes([]byte(js))
+	if err != nil {
+		t.Fatalf("parsing network config: %v\n%s", err, js)
+	}
+	return cl
+}
+
+// RuntimeConf is the per-attachment part of a libcni call.
+func RuntimeConf(containerID, netns, ifName string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: containerID, NetNS: netns, IfName: ifName}
+}
+
+// ExecResult is what a plugin printed and returned.
+type ExecResult struct {
+	Stdout []byte
+	Stderr []byte
+	Exit   int
+	Err    *types.Error // set when the plugin printed an error
+}
+
+// Exec runs the plugin binary directly with env (CNI_* variables) and
+// stdin, as a runtime would, and decodes an error if one was printed.
+func Exec(t testing.TB, plugin string, env map[string]string, stdin string) ExecResult {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(BinDir(t), plugin))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := ExecResult{Stdout: out.Bytes(), Stderr: errb.Bytes()}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("running %s: %v", plugin, err)
+		}
+		r.Exit = ee.ExitCode()
+		e := &types.Error{}
+		if jerr := json.Unmarshal(out.Bytes(), e); jerr != nil {
+			t.Fatalf("%s exited %d without a JSON error on stdout: %q (stderr %q)", plugin, r.Exit, out.String(), errb.String())
+		}
+		r.Err = e
+	}
+	return r
+}
+
+// NoLinks fails the test if any host link (in the current namespace) has a
+// name starting with prefix.
+func NoLinks(t testing.TB, prefix string) {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			t.Errorf("leaked link %s (%s)", l.Attrs().Name, l.Type())
+		}
+	}
+}
+
+// DeleteLinks removes host links starting with prefix; tests register it
+// as a cleanup so a failure leaves nothing for the next run.
+func DeleteLinks(prefix string) {
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			_ = netlink.LinkDel(l)
+		}
+	}
+}
+
+// EmptyDir fails the test if dir holds anything but entries named in
+// allowed (a missing dir counts as empty).
+func EmptyDir(t testing.TB, dir string, allowed ...string) {
+	t.Helper()
+	var left []string
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if info.IsDir() {
+			return nil
+		}
+		for _, a := range allowed {
+			if filepath.Base(p) == a {
+				return nil
+			}
+		}
+		left = append(left, p)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Errorf("leaked files: %v", left)
+	}
+}
+
+// NoChains fails the test if table still holds rules of any attachment of
+// network.
+func NoChains(t testing.TB, table nftown.Table, network string) {
+	t.Helper()
+	tags, err := table.Tags(network)
+	if err != nil {
+		t.Fatalf("listing %s chains: %v", table.Name, err)
+	}
+	if len(tags) > 0 {
+		t.Errorf("leaked nftables chains in table %s for network %s: %v", table.Name, network, tags)
+	}
+}
