@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 )
@@ -165,7 +166,7 @@ func (h *harness) reservedIPs() []string {
 	return s
 }
 
-// metaFiles counts tripod's side files for the network.
+// metaFiles counts tripod's index links for the network.
 func (h *harness) metaFiles() int {
 	h.t.Helper()
 	ents, err := os.ReadDir(filepath.Join(h.netDir(), ".tripod"))
@@ -178,34 +179,60 @@ func (h *harness) metaFiles() int {
 	return len(ents)
 }
 
-// editRecord rewrites the side record of (id, ifname) with fn.
-func (h *harness) editRecord(id, ifname string, fn func(map[string]any)) {
+// editLabel rewrites with fn the label tripod keeps on each reservation
+// of (id, ifname): an extended attribute holding JSON.
+func (h *harness) editLabel(id, ifname string, fn func(map[string]any)) {
 	h.t.Helper()
-	dir := filepath.Join(h.netDir(), ".tripod")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		b, err := os.ReadFile(p)
+	n := 0
+	for ip, holder := range h.reservations() {
+		if holder != id+"\r\n"+ifname {
+			continue
+		}
+		p := filepath.Join(h.netDir(), ip)
+		buf := make([]byte, 4096)
+		sz, err := unix.Getxattr(p, "user.tripod.cni", buf)
+		if err != nil {
+			h.t.Fatalf("label of %s: %v", p, err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(buf[:sz], &m); err != nil {
+			h.t.Fatalf("label of %s: %v", p, err)
+		}
+		fn(m)
+		b, err := json.Marshal(m)
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		var rec map[string]any
-		if json.Unmarshal(b, &rec) != nil || rec["containerID"] != id || rec["ifname"] != ifname {
-			continue
-		}
-		fn(rec)
-		if b, err = json.Marshal(rec); err != nil {
+		if err := unix.Setxattr(p, "user.tripod.cni", b, 0); err != nil {
 			h.t.Fatal(err)
 		}
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			h.t.Fatal(err)
-		}
-		return
+		n++
 	}
-	h.t.Fatalf("no record for %s/%s in %s", id, ifname, dir)
+	if n == 0 {
+		h.t.Fatalf("no reservation of %s/%s", id, ifname)
+	}
+}
+
+// referenceRelease removes what the reference plugin's DEL removes: every
+// file under the network's directory whose content is "<id>\r\n<ifname>".
+func (h *harness) referenceRelease(id, ifname string) {
+	h.t.Helper()
+	err := filepath.Walk(h.netDir(), func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(b)) == id+"\r\n"+ifname {
+			return os.Remove(p)
+		}
+		return nil
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // clean asserts the data dir holds nothing but the bookkeeping files the

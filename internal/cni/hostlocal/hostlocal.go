@@ -48,44 +48,49 @@ func add(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
 	defer st.close()
 
 	att := attachment{id: args.ContainerID, ifname: args.IfName}
-	if rec := st.readRecord(att); rec != nil {
-		held, err := st.held(att, rec)
-		if err != nil {
+	held, indexed, err := st.held(att, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(held) > 0 {
+		return nil, cnierr.New(cnierr.AlreadyAttached, "host-local: container %s interface %s already holds %s on network %s; DEL it first",
+			args.ContainerID, args.IfName, joinAddrs(held), c.name)
+	}
+	if indexed {
+		if err := st.unindex(att); err != nil {
 			return nil, err
-		}
-		if len(held) > 0 {
-			return nil, cnierr.New(cnierr.AlreadyAttached, "host-local: container %s interface %s already holds %s on network %s; DEL it first",
-				args.ContainerID, args.IfName, joinAddrs(held), c.name)
 		}
 	}
 
-	// The record goes first, so that a crash while reserving leaves
-	// reservations whose container can still be told gone.
-	rec := &record{ContainerID: att.id, IfName: att.ifname, Netns: args.Netns, NetnsInode: nsInode(args.Netns), BootID: st.bootID()}
-	if rec.NetnsInode == 0 {
-		rec.Netns = ""
-	}
-	if err := st.writeRecord(rec); err != nil {
-		return nil, err
+	m := &meta{Netns: args.Netns, NetnsInode: nsInode(args.Netns), BootID: st.bootID()}
+	if m.NetnsInode == 0 {
+		m.Netns = ""
 	}
 	var got []netip.Addr
 	undo := func(err error) (types.Result, error) {
 		for _, a := range got {
 			_ = st.free(a)
 		}
-		_ = st.removeRecord(att)
+		_ = st.unindex(att)
 		return nil, err
 	}
 	for i, set := range c.sets {
-		a, err := st.allocate(i, set, c.requested[i], att, c.name)
+		a, err := st.allocate(i, set, c.requested[i], att, m, c.name)
 		if err != nil {
 			return undo(err)
 		}
 		got = append(got, a)
-		rec.IPs = append(rec.IPs, a.String())
+		m.IPs = append(m.IPs, a.String())
 	}
-	rec.Complete = true
-	if err := st.writeRecord(rec); err != nil {
+	// Each reservation was labelled with the addresses taken so far; the
+	// earlier ones learn the rest, so any of them tells the whole
+	// attachment.
+	for _, a := range got[:len(got)-1] {
+		if err := setMeta(-1, st.ipPath(a), m); err != nil {
+			return undo(ioErr(err, "labelling %s", a))
+		}
+	}
+	if err := st.index(att, got[len(got)-1]); err != nil {
 		return undo(err)
 	}
 	for i, a := range got {
@@ -110,16 +115,16 @@ func joinAddrs(as []netip.Addr) string {
 // the first free one after the last handed out (so the cost of an ADD does
 // not grow with the number of reservations). When the set is full it
 // reclaims reservations of containers that are gone and tries once more.
-func (s *store) allocate(i int, set rangeSet, want netip.Addr, att attachment, network string) (netip.Addr, error) {
+func (s *store) allocate(i int, set rangeSet, want netip.Addr, att attachment, m *meta, network string) (netip.Addr, error) {
 	if want.IsValid() {
-		return s.allocateRequested(i, set, want, att, network)
+		return s.allocateRequested(i, set, want, att, m, network)
 	}
 	for pass := 0; pass < 2; pass++ {
 		first := set.next(s.lastReserved(i))
 		a := first
 		for {
 			if set.usable(a) {
-				ok, err := s.reserve(a, att)
+				ok, err := s.reserve(a, att, label(m, a))
 				if err != nil {
 					return a, err
 				}
@@ -144,8 +149,15 @@ func (s *store) allocate(i int, set rangeSet, want netip.Addr, att attachment, n
 	return netip.Addr{}, cnierr.New(cnierr.RangeExhausted, "host-local: no free address in range set %d (%s) of network %s: every address is reserved by a live container", i, set, network)
 }
 
-func (s *store) allocateRequested(i int, set rangeSet, want netip.Addr, att attachment, network string) (netip.Addr, error) {
-	ok, err := s.reserve(want, att)
+// label is m for the reservation of a: the addresses so far plus a.
+func label(m *meta, a netip.Addr) *meta {
+	l := *m
+	l.IPs = append(append([]string(nil), m.IPs...), a.String())
+	return &l
+}
+
+func (s *store) allocateRequested(i int, set rangeSet, want netip.Addr, att attachment, m *meta, network string) (netip.Addr, error) {
+	ok, err := s.reserve(want, att, label(m, want))
 	if err != nil {
 		return want, err
 	}
@@ -155,15 +167,15 @@ func (s *store) allocateRequested(i int, set rangeSet, want netip.Addr, att atta
 			return want, err
 		}
 		if held {
-			if rec := s.readRecord(o); rec != nil && s.gone(rec) {
-				if err := s.drop(o, rec); err != nil {
-					return want, err
-				}
-			} else {
+			old := readMeta(s.ipPath(want))
+			if !s.gone(old) {
 				return want, cnierr.New(cnierr.InvalidConfig, "host-local: requested address %s is already reserved by container %s interface %s on network %s", want, o.id, o.ifname, network)
 			}
+			if err := s.drop(o, append(old.addrs(), want)); err != nil {
+				return want, err
+			}
 		}
-		if ok, err = s.reserve(want, att); err != nil {
+		if ok, err = s.reserve(want, att, label(m, want)); err != nil {
 			return want, err
 		} else if !ok {
 			return want, cnierr.New(cnierr.InvalidConfig, "host-local: requested address %s is already reserved on network %s", want, network)
@@ -172,33 +184,34 @@ func (s *store) allocateRequested(i int, set rangeSet, want netip.Addr, att atta
 	return want, s.setLastReserved(i, want)
 }
 
-// held returns the addresses att holds according to its record, each
-// checked against the reservation file; an incomplete record (an ADD that
-// crashed) is completed by a scan.
-func (s *store) held(att attachment, rec *record) ([]netip.Addr, error) {
-	if rec == nil || !rec.Complete {
-		return s.scan(att)
+// held returns the addresses att holds, found through its index and each
+// checked against its reservation file. Without an index (reservations
+// of the reference plugin) it scans when scanMissing is set. indexed says
+// an index exists.
+func (s *store) held(att attachment, scanMissing bool) (addrs []netip.Addr, indexed bool, err error) {
+	listed, found, known := s.indexed(att)
+	if !found && !scanMissing {
+		return nil, false, nil
 	}
-	var out []netip.Addr
-	for _, t := range rec.IPs {
-		a, err := netip.ParseAddr(t)
-		if err != nil {
-			continue
-		}
+	if !known {
+		addrs, err := s.scan(att)
+		return addrs, found, err
+	}
+	for _, a := range listed {
 		o, ok, err := s.owner(a)
 		if err != nil {
-			return nil, err
+			return nil, true, err
 		}
 		if ok && !o.legacy && att.holds(o) {
-			out = append(out, a)
+			addrs = append(addrs, a)
 		}
 	}
-	return out, nil
+	return addrs, true, nil
 }
 
-// scan finds att's reservations by reading them all: for attachments
-// without a record (made by the reference plugin). As the reference does,
-// files holding only the container ID count when none names the interface.
+// scan finds att's reservations by reading them all. As the reference
+// plugin does, files holding only the container ID count when none names
+// the interface.
 func (s *store) scan(att attachment) ([]netip.Addr, error) {
 	all, err := s.reserved()
 	if err != nil {
@@ -224,13 +237,9 @@ func (s *store) scan(att attachment) ([]netip.Addr, error) {
 	return legacy, nil
 }
 
-// drop frees every reservation of a gone attachment and its record.
-func (s *store) drop(o attachment, rec *record) error {
-	for _, t := range rec.IPs {
-		a, err := netip.ParseAddr(t)
-		if err != nil {
-			continue
-		}
+// drop frees those of addrs that o holds, and o's index.
+func (s *store) drop(o attachment, addrs []netip.Addr) error {
+	for _, a := range addrs {
 		if cur, ok, err := s.owner(a); err != nil {
 			return err
 		} else if ok && o.holds(cur) {
@@ -239,7 +248,7 @@ func (s *store) drop(o attachment, rec *record) error {
 			}
 		}
 	}
-	return s.removeRecord(o)
+	return s.unindex(o)
 }
 
 // reclaim frees the reservations in set whose container is gone, with the
@@ -250,32 +259,28 @@ func (s *store) reclaim(set rangeSet) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	gone := map[attachment]*record{}
-	seen := map[attachment]bool{}
+	gone := map[attachment][]netip.Addr{}
 	n := 0
 	for _, a := range all {
 		if set.find(a) < 0 {
+			continue
+		}
+		m := readMeta(s.ipPath(a))
+		if !s.gone(m) {
 			continue
 		}
 		o, ok, err := s.owner(a)
 		if err != nil || !ok {
 			continue
 		}
-		if !seen[o] {
-			seen[o] = true
-			if rec := s.readRecord(o); rec != nil && s.gone(rec) {
-				gone[o] = rec
-			}
+		if err := s.free(a); err != nil {
+			return n, err
 		}
-		if gone[o] != nil {
-			if err := s.free(a); err != nil {
-				return n, err
-			}
-			n++
-		}
+		n++
+		gone[o] = append(gone[o], m.addrs()...)
 	}
-	for o, rec := range gone {
-		if err := s.drop(o, rec); err != nil {
+	for o, addrs := range gone {
+		if err := s.drop(o, addrs); err != nil {
 			return n, err
 		}
 	}
@@ -304,7 +309,7 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	defer st.close()
 	att := attachment{id: args.ContainerID, ifname: args.IfName}
-	held, err := st.held(att, st.readRecord(att))
+	held, _, err := st.held(att, true)
 	if err != nil {
 		return err
 	}
@@ -313,7 +318,7 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	return st.removeRecord(att)
+	return st.unindex(att)
 }
 
 func check(ctx context.Context, args *skel.CmdArgs) error {
@@ -331,7 +336,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 		return none
 	}
 	defer st.close()
-	held, err := st.held(att, st.readRecord(att))
+	held, _, err := st.held(att, true)
 	if err != nil {
 		return err
 	}
@@ -400,53 +405,39 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		valid[attachment{id: strings.TrimSpace(v.ContainerID), ifname: v.IfName}] = true
 		validID[strings.TrimSpace(v.ContainerID)] = true
 	}
-	verdict := map[attachment]bool{}
-	keep := func(o attachment, rec *record) bool {
-		if k, ok := verdict[o]; ok {
-			return k
-		}
-		var k bool
-		switch {
-		case c.hasValid && o.legacy:
-			k = validID[o.id]
-		case c.hasValid:
-			k = valid[o]
-		default:
-			if rec == nil {
-				rec = st.readRecord(o)
-			}
-			k = rec == nil || !st.gone(rec)
-		}
-		verdict[o] = k
-		return k
-	}
 	all, err := st.reserved()
 	if err != nil {
 		return err
 	}
-	owned := map[attachment]bool{}
+	kept := map[attachment]bool{}
 	for _, a := range all {
 		o, ok, err := st.owner(a)
 		if err != nil || !ok {
 			continue
 		}
-		if keep(o, nil) {
-			owned[o] = true
+		var keep bool
+		switch {
+		case c.hasValid && o.legacy:
+			keep = validID[o.id]
+		case c.hasValid:
+			keep = valid[o]
+		default:
+			keep = !st.gone(readMeta(st.ipPath(a)))
+		}
+		if keep {
+			kept[o] = true
 		} else if err := st.free(a); err != nil {
 			return err
 		}
 	}
-	recs, err := st.records()
+	// An index goes with the last reservation it stood for.
+	idx, err := st.indexes()
 	if err != nil {
 		return err
 	}
-	for _, p := range recs {
-		rec := readRecordFile(p)
-		if rec != nil {
-			o := attachment{id: rec.ContainerID, ifname: rec.IfName}
-			if keep(o, rec) && owned[o] {
-				continue
-			}
+	for _, p := range idx {
+		if b, err := os.ReadFile(p); err == nil && kept[parseOwner(b)] {
+			continue
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return ioErr(err, "removing %s", p)
@@ -491,11 +482,9 @@ func status(ctx context.Context, args *skel.CmdArgs) error {
 		}
 		stale := false
 		for _, a := range in {
-			if o, ok, _ := st.owner(a); ok {
-				if rec := st.readRecord(o); rec != nil && st.gone(rec) {
-					stale = true
-					break
-				}
+			if st.gone(readMeta(st.ipPath(a))) {
+				stale = true
+				break
 			}
 		}
 		if !stale {

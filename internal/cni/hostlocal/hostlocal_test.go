@@ -127,22 +127,23 @@ func TestReferenceLayout(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.netDir(), "lock")); err != nil {
 		t.Errorf("lock file: %v", err)
 	}
-	// The records tripod keeps are invisible to the reference's matching:
-	// none holds "<id>\r\n<ifname>" or a bare ID.
-	ents, _ := os.ReadDir(filepath.Join(h.netDir(), ".tripod"))
-	for _, e := range ents {
-		b, _ := os.ReadFile(filepath.Join(h.netDir(), ".tripod", e.Name()))
-		if s := strings.TrimSpace(string(b)); s == "new1\r\neth0" || s == "new1" {
-			t.Errorf("record %s would match the reference plugin's release: %q", e.Name(), s)
-		}
+	// tripod's index of an attachment is a hard link to one of its
+	// reservations, so the reference plugin's release by content (after a
+	// rollback) takes it too and leaves nothing behind.
+	if n := h.metaFiles(); n != 2 {
+		t.Errorf("%d index links for 2 attachments", n)
 	}
+	h.referenceRelease("new1", "eth1")
+	if n := h.metaFiles(); n != 1 {
+		t.Errorf("%d index links left after the reference released new1/eth1, want 1", n)
+	}
+	h.ok("DEL", "new1", call{ifname: "eth1"})
 
 	// DEL of the pre-upgrade attachments works without a record.
 	h.ok("DEL", "oldpod", call{})
 	h.ok("DEL", "ancient", call{ifname: "eth3"})
+	equal(t, "after DELs", h.reservedIPs(), "10.45.0.12")
 	h.ok("DEL", "new1", call{})
-	equal(t, "after DELs", h.reservedIPs(), "10.45.0.13")
-	h.ok("DEL", "new1", call{ifname: "eth1"})
 	h.clean()
 }
 
@@ -391,7 +392,7 @@ func TestExhaustionAndReclaim(t *testing.T) {
 	h.fails("STATUS", "", call{}, 50, "full")
 
 	// Fake a previous boot for one, make the other's namespace vanish.
-	h.editRecord("oldboot", "eth0", func(r map[string]any) { r["bootID"] = "00000000-0000-0000-0000-000000000000" })
+	h.editLabel("oldboot", "eth0", func(r map[string]any) { r["bootID"] = "00000000-0000-0000-0000-000000000000" })
 	gone.Remove(t)
 	h.ok("STATUS", "", call{})
 
@@ -416,7 +417,7 @@ func TestExhaustionAndReclaim(t *testing.T) {
 		t.Errorf("exhaustion message does not name the network: %s", msg)
 	}
 	if h.metaFiles() != 5 {
-		t.Errorf("%d side records for 5 live attachments", h.metaFiles())
+		t.Errorf("%d index links for 5 live attachments", h.metaFiles())
 	}
 	for _, id := range []string{"live1", "live2", "live3", "new1", "new2"} {
 		h.ok("DEL", id, call{})
@@ -473,7 +474,7 @@ func TestGC(t *testing.T) {
 	h.ok("GC", "", call{top: map[string]any{"cni.dev/valid-attachments": valid}})
 	equal(t, "after GC with list", holders(), "a/eth0", "legacy")
 	if h.metaFiles() != 1 {
-		t.Errorf("%d side records left, want a/eth0's only", h.metaFiles())
+		t.Errorf("%d index links left, want a/eth0's only", h.metaFiles())
 	}
 	h.ok("CHECK", "a", call{})
 
@@ -577,7 +578,7 @@ func TestFailedAddReleasesEarlierSets(t *testing.T) {
 	h.fails("ADD", "b", call{}, 100, "range set 1 (10.53.1.0/30")
 	equal(t, "after failed ADD", h.reservedIPs(), before...)
 	if h.metaFiles() != meta {
-		t.Errorf("failed ADD left a side record")
+		t.Errorf("failed ADD left an index link")
 	}
 	h.fails("ADD", "b", call{cniArgs: "IP=10.53.1.2"}, 7, "already reserved")
 	equal(t, "after failed requested ADD", h.reservedIPs(), before...)

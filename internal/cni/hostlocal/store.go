@@ -24,14 +24,21 @@ import (
 //	last_reserved_ip.<i>  the address range set i handed out last
 //	lock                  flock'd by every writer
 //
-// tripod adds one record per attachment under .tripod/ (see record). The
-// reference plugin only ever matches file contents against
-// "<id>\r\n<ifname>" or "<id>", which a JSON record never equals.
+// tripod adds, without a file of its own per reservation (creating inodes
+// is the dear part of an ADD):
+//
+//   - an extended attribute on each reservation (meta): what tells whether
+//     its container is gone, and every address of its attachment;
+//   - .tripod/<hash of containerID, ifname>: a hard link to one of the
+//     attachment's reservations, so that DEL and duplicate ADD find it
+//     without reading the directory. Its content is the reservation's, so
+//     the reference plugin's release-by-content removes it as well.
 const (
 	lineBreak    = "\r\n"
 	lastIPPrefix = "last_reserved_ip."
 	lockName     = "lock"
-	metaDir      = ".tripod"
+	indexDir     = ".tripod"
+	metaXattr    = "user.tripod.cni"
 )
 
 // attachment is who holds a reservation. legacy marks files written before
@@ -43,21 +50,42 @@ type attachment struct {
 
 func (a attachment) content() string { return strings.TrimSpace(a.id) + lineBreak + a.ifname }
 
-// record is what tripod knows about an attachment beyond the reference
-// layout: its addresses (so DEL and duplicate ADD need no directory scan)
-// and what tells whether its container still exists.
-type record struct {
-	ContainerID string   `json:"containerID"`
-	IfName      string   `json:"ifname"`
-	IPs         []string `json:"ips"`
+// holds says whether o, the holder of a reservation, is a (a legacy
+// reservation matches any interface of the container).
+func (a attachment) holds(o attachment) bool {
+	if o.legacy {
+		return o.id == strings.TrimSpace(a.id)
+	}
+	return o.id == strings.TrimSpace(a.id) && o.ifname == a.ifname
+}
+
+func parseOwner(b []byte) attachment {
+	s := strings.TrimSpace(string(b))
+	if id, ifname, ok := strings.Cut(s, lineBreak); ok {
+		return attachment{id: id, ifname: ifname}
+	}
+	return attachment{id: s, legacy: true}
+}
+
+// meta is tripod's knowledge about a reservation beyond its holder.
+type meta struct {
 	// Netns and NetnsInode identify the container's namespace; BootID the
 	// boot it was made in. Either changing means the container is gone.
 	Netns      string `json:"netns,omitempty"`
 	NetnsInode uint64 `json:"netnsInode,omitempty"`
-	BootID     string `json:"bootID"`
-	// Complete is false while ADD is reserving: a crash in between leaves
-	// reservations the record does not list, so DEL then scans.
-	Complete bool `json:"complete"`
+	BootID     string `json:"bootID,omitempty"`
+	// IPs are the attachment's addresses.
+	IPs []string `json:"ips,omitempty"`
+}
+
+func (m *meta) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, t := range m.IPs {
+		if a, err := netip.ParseAddr(t); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // store is one network's directory, locked for the life of the value.
@@ -74,7 +102,7 @@ func ioErr(err error, format string, args ...any) error {
 // openStore creates the network's directory if needed and takes its lock.
 func openStore(ctx context.Context, dataDir, network string) (*store, error) {
 	dir := filepath.Join(dataDir, network)
-	if err := os.MkdirAll(filepath.Join(dir, metaDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, indexDir), 0o755); err != nil {
 		return nil, ioErr(err, "creating data dir %s", dir)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDONLY|os.O_CREATE, 0o600)
@@ -120,9 +148,15 @@ func (s *store) close() { s.lock.Close() }
 
 func (s *store) ipPath(a netip.Addr) string { return filepath.Join(s.dir, a.String()) }
 
-// reserve claims a for att with an exclusive create: false when another
-// attachment holds it.
-func (s *store) reserve(a netip.Addr, att attachment) (bool, error) {
+// noXattrs says the filesystem keeps no user extended attributes: tripod
+// then knows no more than the reference plugin, and reclaims nothing.
+func noXattrs(err error) bool {
+	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+// reserve claims a for att with an exclusive create, labelled with m:
+// false when another attachment holds it.
+func (s *store) reserve(a netip.Addr, att attachment, m *meta) (bool, error) {
 	f, err := os.OpenFile(s.ipPath(a), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
@@ -131,6 +165,9 @@ func (s *store) reserve(a netip.Addr, att attachment) (bool, error) {
 		return false, ioErr(err, "reserving %s", a)
 	}
 	_, err = f.WriteString(att.content())
+	if err == nil {
+		err = setMeta(int(f.Fd()), "", m)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -139,6 +176,44 @@ func (s *store) reserve(a netip.Addr, att attachment) (bool, error) {
 		return false, ioErr(err, "writing reservation %s", f.Name())
 	}
 	return true, nil
+}
+
+// setMeta labels a reservation, by descriptor or else by path.
+func setMeta(fd int, path string, m *meta) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if path == "" {
+		err = unix.Fsetxattr(fd, metaXattr, b, 0)
+	} else {
+		err = unix.Setxattr(path, metaXattr, b, 0)
+	}
+	if err != nil && !noXattrs(err) {
+		return err
+	}
+	return nil
+}
+
+// readMeta returns the label of the file at path, nil when it has none
+// (the reference plugin's reservations, or a filesystem without xattrs).
+func readMeta(path string) *meta {
+	buf := make([]byte, 1024)
+	for {
+		n, err := unix.Getxattr(path, metaXattr, buf)
+		if errors.Is(err, unix.ERANGE) && len(buf) < 1<<16 {
+			buf = make([]byte, 4*len(buf))
+			continue
+		}
+		if err != nil {
+			return nil
+		}
+		m := &meta{}
+		if json.Unmarshal(buf[:n], m) != nil {
+			return nil
+		}
+		return m
+	}
 }
 
 // owner returns who holds a; ok is false when nobody does.
@@ -153,23 +228,6 @@ func (s *store) owner(a netip.Addr) (att attachment, ok bool, err error) {
 	return parseOwner(b), true, nil
 }
 
-func parseOwner(b []byte) attachment {
-	s := strings.TrimSpace(string(b))
-	if id, ifname, ok := strings.Cut(s, lineBreak); ok {
-		return attachment{id: id, ifname: ifname}
-	}
-	return attachment{id: s, legacy: true}
-}
-
-// holds says whether att is who holds the reservation (a legacy one
-// matches any interface of the container).
-func (att attachment) holds(o attachment) bool {
-	if o.legacy {
-		return o.id == strings.TrimSpace(att.id)
-	}
-	return o.id == strings.TrimSpace(att.id) && o.ifname == att.ifname
-}
-
 // free removes a's reservation; a missing one is fine.
 func (s *store) free(a netip.Addr) error {
 	if err := os.Remove(s.ipPath(a)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -179,7 +237,7 @@ func (s *store) free(a netip.Addr) error {
 }
 
 // reserved lists every reserved address: a full directory read, for the
-// slow paths only (reclaim, GC, DEL without a record, STATUS).
+// slow paths only (reclaim, GC, DEL without an index, STATUS).
 func (s *store) reserved() ([]netip.Addr, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -211,79 +269,96 @@ func (s *store) lastReserved(set int) netip.Addr {
 
 func (s *store) setLastReserved(set int, a netip.Addr) error {
 	p := filepath.Join(s.dir, lastIPPrefix+strconv.Itoa(set))
-	if err := os.WriteFile(p, []byte(a.String()), 0o644); err != nil {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return ioErr(err, "writing %s", p)
+	}
+	// Overwrite, then cut: truncating to zero first would free and
+	// reallocate the file's block on every ADD.
+	b := []byte(a.String())
+	_, err = f.WriteAt(b, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(b)))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return ioErr(err, "writing %s", p)
 	}
 	return nil
 }
 
-// recordPath names an attachment's record by a hash: container IDs and
+// indexPath names an attachment's index link by a hash: container IDs and
 // interface names are arbitrary strings.
-func (s *store) recordPath(att attachment) string {
+func (s *store) indexPath(att attachment) string {
 	h := sha256.Sum256([]byte(strings.TrimSpace(att.id) + "\x00" + att.ifname))
-	return filepath.Join(s.dir, metaDir, hex.EncodeToString(h[:16])+".json")
+	return filepath.Join(s.dir, indexDir, hex.EncodeToString(h[:16]))
 }
 
-// readRecord returns att's record, or nil when there is none (or only a
-// torn one from a crash, which is as good as none).
-func (s *store) readRecord(att attachment) *record {
+// index links att's index to its reservation a, replacing a stale one.
+func (s *store) index(att attachment, a netip.Addr) error {
+	p := s.indexPath(att)
+	err := os.Link(s.ipPath(a), p)
+	if errors.Is(err, os.ErrExist) {
+		if err = os.Remove(p); err == nil {
+			err = os.Link(s.ipPath(a), p)
+		}
+	}
+	if err != nil {
+		return ioErr(err, "indexing %s", a)
+	}
+	return nil
+}
+
+func (s *store) unindex(att attachment) error {
 	if att.legacy {
 		return nil
 	}
-	return readRecordFile(s.recordPath(att))
+	if err := os.Remove(s.indexPath(att)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return ioErr(err, "removing index of %s/%s", att.id, att.ifname)
+	}
+	return nil
 }
 
-func readRecordFile(p string) *record {
+// indexed returns the addresses att's index lists. found says an index
+// exists; known that it could be read (it is att's and labelled).
+func (s *store) indexed(att attachment) (addrs []netip.Addr, found, known bool) {
+	if att.legacy {
+		return nil, false, false
+	}
+	p := s.indexPath(att)
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil
+		return nil, false, false
 	}
-	r := &record{}
-	if json.Unmarshal(b, r) != nil {
-		return nil
+	if o := parseOwner(b); o.legacy || o.id != strings.TrimSpace(att.id) || o.ifname != att.ifname {
+		return nil, true, false
 	}
-	return r
+	m := readMeta(p)
+	if m == nil {
+		return nil, true, false
+	}
+	return m.addrs(), true, true
 }
 
-func (s *store) writeRecord(r *record) error {
-	b, err := json.Marshal(r)
+// indexes lists the index links.
+func (s *store) indexes() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, indexDir))
 	if err != nil {
-		return ioErr(err, "encoding record")
-	}
-	p := s.recordPath(attachment{id: r.ContainerID, ifname: r.IfName})
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		return ioErr(err, "writing %s", p)
-	}
-	return nil
-}
-
-func (s *store) removeRecord(att attachment) error {
-	if att.legacy {
-		return nil
-	}
-	if err := os.Remove(s.recordPath(att)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return ioErr(err, "removing record of %s/%s", att.id, att.ifname)
-	}
-	return nil
-}
-
-// records lists the record files.
-func (s *store) records() ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(s.dir, metaDir))
-	if err != nil {
-		return nil, ioErr(err, "listing %s", metaDir)
+		return nil, ioErr(err, "listing %s", indexDir)
 	}
 	var out []string
 	for _, e := range ents {
 		if !e.IsDir() {
-			out = append(out, filepath.Join(s.dir, metaDir, e.Name()))
+			out = append(out, filepath.Join(s.dir, indexDir, e.Name()))
 		}
 	}
 	return out, nil
 }
 
-// bootID is this boot's ID; a record from another boot is of a container
-// that cannot exist any more.
+// bootID is this boot's ID; a reservation from another boot is of a
+// container that cannot exist any more.
 func (s *store) bootID() string {
 	if s.boot == "" {
 		b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
@@ -309,17 +384,20 @@ func nsInode(path string) uint64 {
 	return st.Ino
 }
 
-// gone says whether r's container certainly no longer exists: it was made
+// gone says whether m's container certainly no longer exists: it was made
 // in another boot, or its namespace path no longer holds its namespace.
-func (s *store) gone(r *record) bool {
-	if r.BootID != "" && s.bootID() != "" && r.BootID != s.bootID() {
+func (s *store) gone(m *meta) bool {
+	if m == nil {
+		return false
+	}
+	if m.BootID != "" && s.bootID() != "" && m.BootID != s.bootID() {
 		return true
 	}
-	if r.Netns == "" || r.NetnsInode == 0 {
+	if m.Netns == "" || m.NetnsInode == 0 {
 		return false
 	}
 	var fs unix.Statfs_t
-	err := unix.Statfs(r.Netns, &fs)
+	err := unix.Statfs(m.Netns, &fs)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 		return true
 	}
@@ -330,8 +408,8 @@ func (s *store) gone(r *record) bool {
 		return true // the mount is gone, the file left behind
 	}
 	var st unix.Stat_t
-	if unix.Stat(r.Netns, &st) != nil {
+	if unix.Stat(m.Netns, &st) != nil {
 		return false
 	}
-	return st.Ino != r.NetnsInode
+	return st.Ino != m.NetnsInode
 }
