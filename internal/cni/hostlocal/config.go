@@ -268,7 +268,7 @@ func parseSet(i int, rs []rangeConf, where func(i, j int) string) (rangeSet, err
 		if err != nil {
 			return nil, err
 		}
-		if r.start.Is4() != rs0(set, r).start.Is4() {
+		if len(set) > 0 && r.start.Is4() != set[0].start.Is4() {
 			return nil, invalid("range set %d mixes IPv4 and IPv6: subnet %s with %s", i, r.subnet, set[0].subnet)
 		}
 		for _, o := range set {
@@ -279,13 +279,6 @@ func parseSet(i int, rs []rangeConf, where func(i, j int) string) (rangeSet, err
 		set = append(set, r)
 	}
 	return set, nil
-}
-
-func rs0(set rangeSet, r ipRange) ipRange {
-	if len(set) == 0 {
-		return r
-	}
-	return set[0]
 }
 
 // parse validates one range and fills in the defaults: gateway .1, start
@@ -299,7 +292,7 @@ func (rc rangeConf) parse(where string) (ipRange, error) {
 	if err != nil || p.Addr().Zone() != "" {
 		return ipRange{}, invalid("%s.subnet %q is not in CIDR notation (e.g. 10.22.0.0/16)", where, rc.Subnet)
 	}
-	if p.Addr().Is4In6() {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
 	p = p.Masked()
