@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
@@ -613,4 +614,69 @@ func TestGC(t *testing.T) {
 	for _, p := range []*pod{keep, stale, other} {
 		e.clean(p.hostIf)
 	}
+}
+
+// TestThroughLibcni chains bandwidth after a stand-in main plugin (a
+// script printing the pod's veth pair, as ptp would) and drives it as a
+// runtime does: the limits come from the bandwidth capability, the cached
+// result feeds CHECK and DEL, and GC collects what no attachment holds.
+func TestThroughLibcni(t *testing.T) {
+	e := newEnv(t)
+	p := e.newPod(nil, "eth0", e.tag+"h", false)
+	dir := t.TempDir()
+	script := fmt.Sprintf(`#!/bin/sh
+case "$CNI_COMMAND" in
+ADD) echo '{"cniVersion":"1.1.0","interfaces":[{"name":"%s"},{"name":"eth0","sandbox":"%s"}],"ips":[{"address":"%s/24","interface":1}]}' ;;
+VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}' ;;
+esac
+`, p.hostIf, p.ns.Path, podIP)
+	if err := os.WriteFile(filepath.Join(dir, e.tag+"main"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := cnitest.NewRunner(t, dir)
+	list := cnitest.ConfList(t, fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":%q},`+
+		`{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`, e.tag, e.tag+"main"))
+	rt := cnitest.RuntimeConf(e.tag, p.ns.Path, "eth0")
+	rt.CapabilityArgs = map[string]any{"bandwidth": map[string]any{
+		"ingressRate": 16_000_000, "ingressBurst": 800_000, "egressRate": 24_000_000, "egressBurst": 800_000}}
+	ctx := t.Context()
+
+	// libcni runs the plugins from this thread, hence in the host namespace.
+	e.host.Do(t, func() error {
+		res, err := r.CNI.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return fmt.Errorf("ADD: %w", err)
+		}
+		cur, err := current.NewResultFromResult(res)
+		if err != nil {
+			return err
+		}
+		if len(cur.Interfaces) != 3 || !strings.HasPrefix(cur.Interfaces[2].Name, "bwp") {
+			return fmt.Errorf("the result does not end with the ifb: %+v", cur.Interfaces)
+		}
+		return nil
+	})
+	s := e.shaping(p.hostIf)
+	if s.rootTbf == nil || s.rootTbf.Rate != 2_000_000 || len(s.ifbs) != 1 || s.mirred != s.ifbs[0].Attrs().Index {
+		t.Fatalf("capability limits not applied: root tbf %+v, ifbs %d, redirect to %d", s.rootTbf, len(s.ifbs), s.mirred)
+	}
+	if q, ok := e.rootQdisc(s.ifbs[0].Attrs().Name).(*netlink.Tbf); !ok || q.Rate != 3_000_000 {
+		t.Fatalf("ifb root qdisc %+v, want a tbf at 3000000 B/s", q)
+	}
+	e.host.Do(t, func() error {
+		if err := r.CNI.CheckNetworkList(ctx, list, rt); err != nil {
+			return fmt.Errorf("CHECK: %w", err)
+		}
+		// No attachment is valid any more: GC takes the ifb and the
+		// redirect; DEL then has nothing left but still succeeds.
+		if err := r.CNI.GCNetworkList(ctx, list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}}); err != nil {
+			return fmt.Errorf("GC: %w", err)
+		}
+		return nil
+	})
+	if s := e.shaping(p.hostIf); len(s.ifbs) > 0 || s.ingress || s.rootTbf != nil {
+		t.Errorf("GC left ifbs %d, ingress qdisc %v, root tbf %v", len(s.ifbs), s.ingress, s.rootTbf != nil)
+	}
+	e.host.Do(t, func() error { return r.CNI.DelNetworkList(ctx, list, rt) })
+	e.clean(p.hostIf)
 }
