@@ -680,3 +680,19 @@ esac
 	e.host.Do(t, func() error { return r.CNI.DelNetworkList(ctx, list, rt) })
 	e.clean(p.hostIf)
 }
+
+// TestHighRateAndHugeBurst: a rate past 32 bits of bytes per second and a
+// burst past what the kernel keeps (Kubernetes' default of 2^31-1 bits at
+// a low rate) are installed, read back equal by CHECK, and removed.
+func TestHighRateAndHugeBurst(t *testing.T) {
+	e := newEnv(t)
+	p := e.newPod(nil, "eth0", e.tag+"h", false)
+	stdin := p.stdin("1.0.0", e.tag, fmt.Sprintf(both, 40_000_000_000, 8_000_000, 1_000_000, 2147483647))
+	p.ok("ADD", stdin)
+	if s := e.shaping(p.hostIf); s.rootTbf == nil || s.rootTbf.Rate != 5_000_000_000 {
+		t.Fatalf("root tbf %+v, want 5000000000 B/s", s.rootTbf)
+	}
+	p.ok("CHECK", stdin)
+	p.ok("DEL", stdin)
+	e.clean(p.hostIf)
+}

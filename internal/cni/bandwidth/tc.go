@@ -22,8 +22,8 @@ const (
 	// network (hashed) and the host veth, so GC can attribute and clean
 	// them from the links alone.
 	aliasPrefix = "tripod-bandwidth"
-	// latency is how long a packet may wait in a token bucket's queue; it
-	// sizes the queue (the reference plugin's value).
+	// latencyUsec is how long a packet may wait in a token bucket's queue;
+	// it sizes the queue (the reference plugin's value).
 	latencyUsec = 25_000
 	// maxBufferTicks is the largest bucket the kernel keeps when it is
 	// given as a time (TCA_TBF_PARMS): 2^32-1 ns, in 64 ns scheduler
@@ -94,6 +94,9 @@ type tbfParams struct {
 	Limit  uint32 // bytes
 }
 
+// tbfFor turns bits into the kernel's units: bytes per second, the burst
+// as the time to send it at the rate, and a queue of latencyUsec plus the
+// burst.
 func tbfFor(l limit) tbfParams {
 	rate := l.Rate / 8
 	burst := float64(l.Burst / 8)
