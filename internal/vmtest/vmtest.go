@@ -145,8 +145,7 @@ func (vm *VM) Run(ctx context.Context, workDir string) (*Result, error) {
 	if err := vm.writeInitramfs(ctx, kernel, initrd); err != nil {
 		return nil, err
 	}
-	// A boot under emulation very rarely stalls before the kernel prints
-	// anything; one that has not reached /init in BootTimeout is tried
+	// Should a boot still stall before /init (see tscParam), it is tried
 	// again rather than waited on until ctx ends.
 	var res *Result
 	var err error
@@ -185,7 +184,7 @@ func (vm *VM) boot(ctx context.Context, kernel, initrd string) (res *Result, boo
 		"-cpu", "max", "-m", strconv.Itoa(mem),
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=4")
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=4"+tscParam())
 	started := make(chan struct{})
 	console := &consoleBuf{watch: bootMarker, seen: started}
 	var out io.Writer = console
@@ -222,6 +221,27 @@ func (vm *VM) boot(ctx context.Context, kernel, initrd string) (res *Result, boo
 		return res, booted, fmt.Errorf("qemu: %w", runErr)
 	}
 	return res, booted, nil
+}
+
+// tscParam tells the guest its TSC frequency, which under emulation is the
+// host's. Left to calibrate against the emulated PIT, a guest on a busy
+// host sometimes fails, finds no usable clock and hangs early in boot.
+func tscParam() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil || mhz <= 0 {
+				return ""
+			}
+			return fmt.Sprintf(" tsc_early_khz=%d", int(mhz*1000))
+		}
+	}
+	return ""
 }
 
 // consoleBuf collects console output and closes seen once watch appears.
