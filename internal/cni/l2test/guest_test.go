@@ -563,3 +563,52 @@ func TestGuestFailedAddUndoes(t *testing.T) {
 	cnitest.DeleteLinks(tag)
 	cnitest.NoLinks(t, tag)
 }
+
+// TestGuestGC reserves addresses with host-local for two pods, then GCs
+// with only the first listed as valid: the second's reservation goes, the
+// first's stays, and DEL of both leaves nothing behind.
+func TestGuestGC(t *testing.T) {
+	vmtest.Guest(t)
+	tag := cnitest.Tag(t)
+	n := net3(tag)
+	dummy(t, tag+"d")
+	r := cnitest.NewRunner(t)
+	ctx := context.Background()
+	for _, typ := range []string{"macvlan", "ipvlan"} {
+		dataDir := t.TempDir()
+		ipam := `{"type":"host-local","dataDir":"` + dataDir + `","ranges":[[{"subnet":"` + n + `.0/24"}]]}`
+		l := list(t, "1.1.0", tag, plugin(typ, tag, `"master":"`+tag+`d"`, ipam))
+		var pods []*libcni.RuntimeConf
+		var addrs []string
+		for _, name := range []string{"a", "b"} {
+			ns := cnitest.NewNetns(t, tag+typ[:1]+name)
+			rt := cnitest.RuntimeConf(tag+name, ns.Path, "eth0")
+			res := add(t, r, l, rt)
+			if len(res.IPs) != 1 {
+				t.Fatalf("%s: result IPs %v, want one from host-local", typ, res.IPs)
+			}
+			pods = append(pods, rt)
+			addrs = append(addrs, res.IPs[0].Address.IP.String())
+		}
+		reserved := func(ip string) bool {
+			_, err := os.Stat(dataDir + "/" + tag + "/" + ip)
+			return err == nil
+		}
+		if !reserved(addrs[0]) || !reserved(addrs[1]) {
+			t.Fatalf("%s: host-local did not record %v in %s", typ, addrs, dataDir)
+		}
+		valid := []types.GCAttachment{{ContainerID: pods[0].ContainerID, IfName: "eth0"}}
+		if err := r.CNI.GCNetworkList(ctx, l, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
+			t.Fatalf("%s: GC: %v", typ, err)
+		}
+		if !reserved(addrs[0]) || reserved(addrs[1]) {
+			t.Errorf("%s: after GC reserved(%s)=%v reserved(%s)=%v, want only the valid attachment's", typ, addrs[0], reserved(addrs[0]), addrs[1], reserved(addrs[1]))
+		}
+		for _, rt := range pods {
+			del(t, r, l, rt)
+		}
+		cnitest.EmptyDir(t, dataDir, "lock", "last_reserved_ip.0")
+	}
+	cnitest.DeleteLinks(tag)
+	cnitest.NoLinks(t, tag)
+}

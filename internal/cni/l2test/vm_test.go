@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { os.Exit(cnitest.Main(m)) }
 // against a guest that silently ran nothing.
 var guestTests = []string{
 	"TestGuestMacvlan", "TestGuestMacvlanModes", "TestGuestMacvlanMAC", "TestGuestIpvlan", "TestGuestIpvlanL3",
-	"TestGuestVlan", "TestGuestLinkInContainer", "TestGuestResultVersions", "TestGuestFailedAddUndoes",
+	"TestGuestVlan", "TestGuestLinkInContainer", "TestGuestResultVersions", "TestGuestFailedAddUndoes", "TestGuestGC",
 }
 
 // TestInVM boots the VM once and runs every TestGuest* test inside it.
