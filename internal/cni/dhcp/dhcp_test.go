@@ -3,6 +3,7 @@ package dhcp_test
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/ifaceconf"
@@ -515,4 +517,188 @@ func TestBadInput(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("a daemon that refused its flags left %s behind", sock)
 	}
+}
+
+func TestNoCarrier(t *testing.T) {
+	lb := newLab(t)
+	lb.startDnsmasq(t)
+	lb.startDaemon(t)
+	pod := lb.pod(t, "a")
+	// The bridge side of the veth is down: eth0 never gets a carrier.
+	lb.server.Do(t, func() error {
+		l, err := netlink.LinkByName("va")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetDown(l)
+	})
+	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(`,"timeout":"1s"`))
+	if res.Err == nil || res.Err.Code != 104 || !strings.Contains(res.Err.Msg, "eth0") || !strings.Contains(res.Err.Msg, "carrier") {
+		t.Fatalf("ADD without carrier: %+v, want code 104 naming eth0 and the missing carrier", res.Err)
+	}
+	if linkUp(t, pod) {
+		t.Error("eth0 left up after a failed ADD")
+	}
+	cnitest.EmptyDir(t, lb.state)
+}
+
+// A daemon stopped in the middle of an ADD answers it with "try again
+// later", undoes it, and exits without leaving anything behind.
+func TestShutdownDuringAdd(t *testing.T) {
+	lb := newLab(t)
+	lb.startDaemon(t) // no DHCP server: the ADD waits for an offer
+	pod := lb.pod(t, "a")
+	done := make(chan cnitest.ExecResult, 1)
+	go func() {
+		done <- cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(`,"timeout":"30s"`))
+	}()
+	waitFor(t, "the daemon to bring eth0 up for the ADD", 10*time.Second, func() bool { return linkUp(t, pod) })
+	if err := lb.daemon.Stop(t); err != nil {
+		t.Fatalf("daemon exit after SIGTERM: %v", err)
+	}
+	res := <-done
+	if res.Err == nil || res.Err.Code != 11 {
+		t.Fatalf("ADD interrupted by the daemon's shutdown: %+v, want code 11", res.Err)
+	}
+	if linkUp(t, pod) {
+		t.Error("eth0 left up after the interrupted ADD")
+	}
+	if _, err := os.Stat(lb.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	cnitest.EmptyDir(t, lb.state)
+}
+
+// A plugin killed while it waits (the runtime's own timeout) makes the
+// daemon abandon the ADD: no lease is kept for an ADD nobody saw succeed.
+func TestPluginKilledDuringAdd(t *testing.T) {
+	lb := newLab(t)
+	lb.startDaemon(t) // no DHCP server yet
+	pod := lb.pod(t, "a")
+	cmd := exec.Command(filepath.Join(cnitest.BinDir(t), "dhcp"))
+	for k, v := range env("ADD", lb.tag+"-a", pod.Path, "eth0") {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(lb.conf(`,"timeout":"30s"`))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the daemon to bring eth0 up for the ADD", 10*time.Second, func() bool { return linkUp(t, pod) })
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	waitFor(t, "the daemon to abandon the ADD and put eth0 back down", 10*time.Second, func() bool { return !linkUp(t, pod) })
+	// The server appearing now must not produce a lease for the dead ADD.
+	lb.startDnsmasq(t)
+	cnitest.EmptyDir(t, lb.state)
+	if n := len(lb.leases(t)); n != 0 {
+		t.Errorf("dnsmasq holds %d leases for an abandoned ADD", n)
+	}
+}
+
+// When the server stops answering unicast renewals, the lease is rebound
+// by broadcast at T2 (RFC 2131 4.4.5).
+func TestRebinding(t *testing.T) {
+	lb := newLab(t)
+	lb.startDnsmasq(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+	lb.startDaemon(t)
+	pod := lb.pod(t, "a")
+	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(""))
+	if res.Err != nil {
+		t.Fatalf("ADD: %v", res.Err)
+	}
+	r, err := current.NewResult(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := result(t, r)
+	ip := inRange(t, cur)
+	pod.Do(t, func() error { return ifaceconf.Configure("eth0", 0, cur) })
+	// Renewals are unicast to the MAC address the server answered from;
+	// giving br0 another one makes them vanish, while broadcasts still
+	// reach dnsmasq.
+	lb.server.Do(t, func() error {
+		br, err := netlink.LinkByName("br0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetHardwareAddr(br, net.HardwareAddr{0x02, 0x99, 0, 0, 0, 0x02})
+	})
+	before := lb.leases(t)[ip].Expiry
+	waitFor(t, "the daemon to rebind the lease", 30*time.Second, func() bool { return lb.daemon.log.Count("rebinding: lease "+ip+" extended") > 0 })
+	if lb.daemon.log.Count("renewing "+ip+": no answer") == 0 {
+		t.Errorf("the lease was rebound without a failed renewal first:\n%s", lb.daemon.log.String())
+	}
+	if after := lb.leases(t)[ip].Expiry; after <= before {
+		t.Errorf("dnsmasq's expiry for %s did not move on rebinding (%d, then %d)", ip, before, after)
+	}
+	// Later renewals go to the address the rebinding answer came from.
+	waitFor(t, "a unicast renewal after rebinding", 30*time.Second, func() bool { return lb.daemon.log.Count("renewing: lease "+ip+" extended") > 0 })
+	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
+		t.Fatalf("DEL: %v", res.Err)
+	}
+	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
+	cnitest.EmptyDir(t, lb.state)
+}
+
+// A daemon that was down past a lease's expiry finds it expired on
+// restart and acquires it again, asking for the same address.
+func TestReacquireAfterExpiry(t *testing.T) {
+	lb := newLab(t)
+	lb.startDnsmasq(t)
+	lb.startDaemon(t)
+	pod := lb.pod(t, "a")
+	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(""))
+	if res.Err != nil {
+		t.Fatalf("ADD: %v", res.Err)
+	}
+	r, err := current.NewResult(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := result(t, r)
+	ip := inRange(t, cur)
+	pod.Do(t, func() error { return ifaceconf.Configure("eth0", 0, cur) })
+	if err := lb.daemon.Stop(t); err != nil {
+		t.Fatalf("daemon exit: %v", err)
+	}
+	// Age the lease file as if the daemon had been down for 10 minutes.
+	files, _ := filepath.Glob(filepath.Join(lb.state, "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("lease files %v, want one", files)
+	}
+	var rec map[string]json.RawMessage
+	var lease map[string]any
+	b, err := os.ReadFile(files[0])
+	if err == nil {
+		err = json.Unmarshal(b, &rec)
+	}
+	if err == nil {
+		err = json.Unmarshal(rec["lease"], &lease)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease["start"] = time.Now().Add(-10 * time.Minute).Format(time.RFC3339Nano)
+	if rec["lease"], err = json.Marshal(lease); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = json.Marshal(rec); err == nil {
+		err = os.WriteFile(files[0], b, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	lb.startDaemon(t)
+	waitFor(t, "the restarted daemon to acquire the expired lease again", 20*time.Second, func() bool {
+		return lb.daemon.log.Count("re-acquiring: lease "+ip+" extended") > 0
+	})
+	if res := cnitest.Exec(t, "dhcp", env("CHECK", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
+		t.Errorf("CHECK after re-acquiring: %v", res.Err)
+	}
+	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
+		t.Fatalf("DEL: %v", res.Err)
+	}
+	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
+	cnitest.EmptyDir(t, lb.state)
 }

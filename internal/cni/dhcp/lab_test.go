@@ -72,7 +72,8 @@ func newLab(t *testing.T) *lab {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return err
 		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+		// A MAC address of its own, rather than one taken from a port.
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", HardwareAddr: net.HardwareAddr{0x02, 0x99, 0, 0, 0, 0x01}}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return fmt.Errorf("adding br0: %w", err)
 		}
@@ -123,7 +124,8 @@ func (lb *lab) pod(t *testing.T, name string) *cnitest.Netns {
 func (lb *lab) leaseFile() string { return filepath.Join(lb.dir, "dnsmasq.leases") }
 
 // startDnsmasq runs dnsmasq on the bridge: a 2-minute lease (its minimum)
-// with T1 of 4 s, so that a renewal happens within seconds. --no-ping:
+// with T1 of 4 s unless extra sets it, so that a renewal happens within
+// seconds. --no-ping:
 // dnsmasq otherwise pings each address before offering it and handles no
 // other DHCP packet for up to 3 s meanwhile, which serializes concurrent
 // ADDs behind one another.
@@ -136,10 +138,12 @@ func (lb *lab) startDnsmasq(t *testing.T, extra ...string) {
 		"--dhcp-option=option:router," + serverIP,
 		"--dhcp-option=option:dns-server," + dnsIP,
 		"--dhcp-option=option:domain-name," + domain,
-		"--dhcp-option=option:T1,4",
 		"--dhcp-leasefile=" + lb.leaseFile(),
 		"--pid-file=" + filepath.Join(lb.dir, "dnsmasq.pid"),
 	}, extra...)
+	if !strings.Contains(strings.Join(extra, " "), "option:T1,") {
+		args = append(args, "--dhcp-option=option:T1,4")
+	}
 	// ip netns exec execs dnsmasq in place: the PID is dnsmasq's.
 	lb.dnsmasq = start(t, "dnsmasq", exec.Command("ip", args...), "DHCP, sockets bound")
 }
