@@ -345,6 +345,11 @@ func TestGCReleasesOnlyInvalidAttachments(t *testing.T) {
 	for _, n := range names {
 		pods[n] = lb.pod(t, n)
 	}
+	// libcni sets itself up lazily and not safely for concurrent first
+	// use: a STATUS first (which must succeed) does that.
+	if err := r.CNI.GetStatusNetworkList(ctx, list); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
 	// The three ADDs run at once.
 	ips := map[string]string{}
 	var mu sync.Mutex
