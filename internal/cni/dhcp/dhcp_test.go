@@ -203,7 +203,7 @@ func TestClasslessRoutesSearchAndSuppress(t *testing.T) {
 	// suppress: ["gateway"] keeps the other routes but no gateway and no
 	// default route (a secondary network must not take the pod's default).
 	pod2 := lb.pod(t, "b")
-	list2 := lb.list(t, lb.tag+"-2", `,"suppress":["gateway"],"request":[{"skipDefault":true},{"option":"classless-static-routes"}]`)
+	list2 := lb.list(t, lb.tag+"-2", `,"suppress":["gateway"],"broadcast":true,"request":[{"skipDefault":true},{"option":"classless-static-routes"}]`)
 	rt2 := cnitest.RuntimeConf(lb.tag+"-b", pod2.Path, "eth0")
 	res2, err := r.CNI.AddNetworkList(ctx, list2, rt2)
 	if err != nil {
@@ -216,6 +216,9 @@ func TestClasslessRoutesSearchAndSuppress(t *testing.T) {
 	}
 	if len(cur2.Routes) != 1 || cur2.Routes[0].Dst.String() != "192.168.77.0/24" {
 		t.Errorf("routes %v, want only 192.168.77.0/24", cur2.Routes)
+	}
+	if n := lb.dnsmasq.log.Count("broadcast response"); n == 0 {
+		t.Error(`"broadcast": true did not make dnsmasq broadcast its replies`)
 	}
 
 	for _, c := range []struct {

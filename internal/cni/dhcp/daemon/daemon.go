@@ -55,6 +55,9 @@ func Main(args []string, stderr io.Writer) int {
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "how long ADD waits for a lease when the config sets no ipam.timeout")
 	fs.DurationVar(&c.ResendMax, "resendmax", 62*time.Second, "longest interval between retransmissions")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fs.NArg() > 0 {
