@@ -390,7 +390,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 	}
 	if err := afterSet(p, att, pl); err != nil {
 		if rerr := tbl.Remove(att); rerr != nil {
-			return nil, cnierr.Wrap(cnierr.Netlink, err, "%v (and undoing the rules failed: %v)", err, rerr)
+			return nil, cnierr.Wrap(cnierr.Netlink, err, "undoing the rules after the failure also failed (%v)", rerr)
 		}
 		return nil, err
 	}
@@ -431,7 +431,7 @@ func conflicts(own nftown.Attachment, mine []dnat) error {
 		}
 		rules, err := c.GetRules(tbl, ch)
 		if err != nil {
-			if errors.Is(err, syscall.ENOENT) {
+			if notFound(err) {
 				continue // deleted meanwhile
 			}
 			return cnierr.New(cnierr.Netlink, "listing rules of %s/%s: %v", TableName, ch.Name, err)
@@ -663,12 +663,18 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 func chainRules(c *nftables.Conn, tbl *nftables.Table, name string) ([]*nftables.Rule, error) {
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: name, Table: tbl})
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) {
+		if notFound(err) {
 			return nil, cnierr.New(cnierr.InvalidConfig, "chain %s/%s is missing: the port mappings of this attachment are not installed", tbl.Name, name)
 		}
 		return nil, cnierr.New(cnierr.Netlink, "listing rules of %s/%s: %v", tbl.Name, name, err)
 	}
 	return rules, nil
+}
+
+// notFound reports ENOENT from the kernel. google/nftables formats the
+// netlink error into its own (%v), so errors.Is alone cannot see it.
+func notFound(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || strings.HasSuffix(err.Error(), syscall.ENOENT.Error())
 }
 
 func gc(_ context.Context, args *skel.CmdArgs) error {
