@@ -2,9 +2,11 @@ package portmap_test
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
@@ -357,5 +359,47 @@ func TestBadInput(t *testing.T) {
 	if err := json.Unmarshal(out, &r); err != nil || r["ips"] == nil {
 		t.Errorf("ADD without mappings did not pass prevResult on: %s", out)
 	}
+	tp.noLeaks(t)
+}
+
+// A UDP client that sent to the host port before the mapping existed keeps
+// its conntrack entry (no NAT) for as long as it keeps sending: ADD drops
+// such entries so that the same socket reaches the container at once.
+func TestUDPStaleConntrack(t *testing.T) {
+	tp := newTopo(t)
+	serveUDP(t, tp.pod, 5353)
+	var pc net.PacketConn
+	tp.host.Do(t, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		return err
+	})
+	defer pc.Close()
+	dst := &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: 15353}
+	send := func() (string, error) {
+		if _, err := pc.WriteTo([]byte("ping"), dst); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 512)
+		if err := pc.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			return "", err
+		}
+		n, _, err := pc.ReadFrom(buf)
+		return string(buf[:n]), err
+	}
+	// With tripod's nat chains already hooked (another container's
+	// mapping), the first packet gets a NAT binding to nowhere.
+	other := tp.conf(t, tp.dualStack(), []map[string]any{pm("tcp", 18099, 8080, "")}, nil)
+	tp.must(t, "ADD", "other", other)
+	if got, err := send(); err == nil {
+		t.Fatalf("127.0.0.1:15353 answered %q before ADD", got)
+	}
+	conf := tp.conf(t, tp.dualStack(), []map[string]any{pm("udp", 15353, 5353, "")}, nil)
+	tp.must(t, "ADD", tp.tag, conf)
+	if got, err := send(); err != nil || !strings.HasPrefix(got, "udp from ") {
+		t.Fatalf("same UDP socket after ADD: %q, %v: the stale conntrack entry was kept", got, err)
+	}
+	tp.must(t, "DEL", tp.tag, conf)
+	tp.must(t, "DEL", "other", other)
 	tp.noLeaks(t)
 }
