@@ -258,23 +258,60 @@ func install(p *parsed, att nftown.Attachment, ips []net.IP, bridge string) erro
 }
 
 // ensure creates the table, the admin chain and, when needed, the
-// isolation sets; all are idempotent in the kernel.
+// isolation sets, skipping those that exist: the kernel commits an update
+// of an existing chain only after an RCU grace period.
 func ensure(admin string, sets bool) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	tbl := c.AddTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
-	c.AddChain(&nftables.Chain{Name: admin, Table: tbl})
+	tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("nftables: listing chains: %w", err)
+	}
+	haveTable, haveAdmin := false, false
+	for _, ch := range chains {
+		if ch.Table.Name == TableName {
+			haveTable = true
+			haveAdmin = haveAdmin || ch.Name == admin
+		}
+	}
+	queued := false
+	if !haveTable {
+		c.AddTable(tbl)
+		queued = true
+	}
+	if !haveAdmin {
+		c.AddChain(&nftables.Chain{Name: admin, Table: tbl})
+		queued = true
+	}
 	if sets {
+		have := map[string]bool{}
+		if haveTable {
+			existing, err := c.GetSets(tbl)
+			if err != nil && !notFound(err) {
+				return fmt.Errorf("nftables: listing sets of %s: %w", TableName, err)
+			}
+			for _, s := range existing {
+				have[s.Name] = true
+			}
+		}
 		for _, s := range isoSets() {
+			if have[s.Name] {
+				continue
+			}
 			if err := c.AddSet(s, nil); err != nil {
 				return fmt.Errorf("nftables: set %s: %w", s.Name, err)
 			}
+			queued = true
 		}
 	}
+	if !queued {
+		return nil
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: creating table %s and chain %s: %w", TableName, admin, err)
+		return fmt.Errorf("nftables: creating table %s, chain %s: %w", TableName, admin, err)
 	}
 	return nil
 }
