@@ -177,8 +177,18 @@ func bridgeOf(r *current.Result) (string, error) {
 	return "", fmt.Errorf("no bridge among the host-side interfaces of prevResult %v: chain firewall after the bridge plugin", tried)
 }
 
-func attachment(p *parsed, args *skel.CmdArgs) nftown.Attachment {
-	return nftown.Attachment{Network: p.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+func attachment(network string, args *skel.CmdArgs) nftown.Attachment {
+	return nftown.Attachment{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// lenient decodes only what DEL and GC need: a config ADD would refuse
+// cannot have installed anything, and must not keep DEL from succeeding.
+func lenient(stdin []byte) (*types.PluginConf, error) {
+	c := &types.PluginConf{}
+	if err := cnierr.Decode(stdin, c); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // ownRules are the attachment's rules in tripod_filter's forward chain.
@@ -227,7 +237,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 			return nil, cnierr.New(cnierr.InvalidConfig, "ingressPolicy %s: %v", p.IngressPolicy, err)
 		}
 	}
-	att := attachment(p, args)
+	att := attachment(p.Name, args)
 	if err := install(p, att, ips, bridge); err != nil {
 		if rerr := remove(att); rerr != nil {
 			return nil, cnierr.Wrap(cnierr.Netlink, err, "undoing after the failure also failed (%v)", rerr)
@@ -329,13 +339,13 @@ func remove(att nftown.Attachment) error {
 }
 
 func del(_ context.Context, args *skel.CmdArgs) error {
-	p, err := parse(args.StdinData)
+	p, err := lenient(args.StdinData)
 	if err != nil {
 		return err
 	}
 	// Everything is found from the attachment: no prevResult, netns or
 	// address is needed.
-	if err := remove(attachment(p, args)); err != nil {
+	if err := remove(attachment(p.Name, args)); err != nil {
 		return cnierr.Wrap(cnierr.Netlink, err, "removing the firewall rules")
 	}
 	return nil
@@ -356,7 +366,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 			return cnierr.New(cnierr.InvalidConfig, "ingressPolicy %s: %v", p.IngressPolicy, err)
 		}
 	}
-	att := attachment(p, args)
+	att := attachment(p.Name, args)
 	c, err := nftables.New()
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "nftables: %v", err)
@@ -390,7 +400,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 }
 
 func gc(_ context.Context, args *skel.CmdArgs) error {
-	p, err := parse(args.StdinData)
+	p, err := lenient(args.StdinData)
 	if err != nil {
 		return err
 	}

@@ -329,4 +329,8 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	e.noLeaks(t)
+	// DEL does not judge what ADD would refuse: it removes by attachment.
+	e.must(t, "firewall", "ADD", "a", pod.ns.Path, e.conf(t, "firewall", prev, nil))
+	e.must(t, "firewall", "DEL", "a", pod.ns.Path, cases[1].conf)
+	e.noLeaks(t)
 }

@@ -53,8 +53,18 @@ func Table() nftown.Table {
 	}
 }
 
-func attachment(p *parsed, args *skel.CmdArgs) nftown.Attachment {
-	return nftown.Attachment{Network: p.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+func attachment(network string, args *skel.CmdArgs) nftown.Attachment {
+	return nftown.Attachment{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// lenient decodes only what DEL and GC need: a config ADD would refuse
+// cannot have installed anything, and must not keep DEL from succeeding.
+func lenient(stdin []byte) (*types.PluginConf, error) {
+	c := &types.PluginConf{}
+	if err := cnierr.Decode(stdin, c); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
@@ -78,7 +88,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 		// as with the reference.
 		return p.prev, nil
 	}
-	tbl, att := Table(), attachment(p, args)
+	tbl, att := Table(), attachment(p.Name, args)
 	if err := tbl.Set(att, pl.jumps); err != nil {
 		return nil, cnierr.Wrap(cnierr.Netlink, err, "installing port mappings")
 	}
@@ -108,13 +118,13 @@ func afterSet(p *parsed, att nftown.Attachment, pl plan) error {
 }
 
 func del(_ context.Context, args *skel.CmdArgs) error {
-	p, err := parse(args.StdinData)
+	p, err := lenient(args.StdinData)
 	if err != nil {
 		return err
 	}
 	// Always remove: the runtime may omit runtimeConfig or prevResult on
 	// DEL, and the chains are found from the attachment alone.
-	if err := Table().Remove(attachment(p, args)); err != nil {
+	if err := Table().Remove(attachment(p.Name, args)); err != nil {
 		return cnierr.Wrap(cnierr.Netlink, err, "removing port mappings")
 	}
 	return nil
@@ -136,7 +146,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	if len(pl.dnats) == 0 {
 		return nil
 	}
-	att := attachment(p, args)
+	att := attachment(p.Name, args)
 	c, err := nftables.New()
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "nftables: %v", err)
@@ -192,7 +202,7 @@ func notFound(err error) bool {
 }
 
 func gc(_ context.Context, args *skel.CmdArgs) error {
-	p, err := parse(args.StdinData)
+	p, err := lenient(args.StdinData)
 	if err != nil {
 		return err
 	}

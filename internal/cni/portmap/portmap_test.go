@@ -353,6 +353,10 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	tp.noLeaks(t)
+	// DEL does not judge what ADD would refuse: it removes by attachment.
+	tp.must(t, "ADD", tp.tag, tp.conf(t, prev, []map[string]any{pm("tcp", 18080, 8080, "")}, nil))
+	tp.must(t, "DEL", tp.tag, cases[0].conf)
+	tp.noLeaks(t)
 	// No mappings: the result is passed on and nothing is installed.
 	out := tp.must(t, "ADD", tp.tag, tp.conf(t, prev, nil, nil))
 	var r map[string]any
@@ -402,4 +406,34 @@ func TestUDPStaleConntrack(t *testing.T) {
 	tp.must(t, "DEL", tp.tag, conf)
 	tp.must(t, "DEL", "other", other)
 	tp.noLeaks(t)
+}
+
+// The result handed on is prevResult in the config's own version.
+func TestConfigVersions(t *testing.T) {
+	tp := newTopo(t)
+	serveTCP(t, tp.pod, 8080)
+	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		prev := tp.dualStack()
+		prev["cniVersion"] = v
+		if v < "1.0.0" {
+			for _, ip := range prev["ips"].([]map[string]any) {
+				ip["version"] = map[bool]string{true: "4", false: "6"}[!strings.Contains(ip["address"].(string), ":")]
+			}
+		}
+		conf := tp.conf(t, prev, []map[string]any{pm("tcp", 18080, 8080, "")}, map[string]any{"cniVersion": v})
+		out := tp.must(t, "ADD", tp.tag, conf)
+		var r struct {
+			CNIVersion string           `json:"cniVersion"`
+			IPs        []map[string]any `json:"ips"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil || r.CNIVersion != v || len(r.IPs) != 2 {
+			t.Errorf("%s: result %s (%v)", v, out, err)
+		}
+		reach(t, tp.host, "tcp", hostPort(host4, 18080))
+		if v != "0.3.1" {
+			tp.must(t, "CHECK", tp.tag, conf)
+		}
+		tp.must(t, "DEL", tp.tag, conf)
+		tp.noLeaks(t)
+	}
 }
