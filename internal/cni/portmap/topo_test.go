@@ -332,27 +332,33 @@ func serveUDP(t *testing.T, ns *cnitest.Netns, port int) {
 func dial(ns *cnitest.Netns, network, addr string, timeout time.Duration) (string, error) {
 	var got string
 	err := ns.Try(func() error {
-		c, err := net.DialTimeout(network, addr, timeout)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
-			return err
-		}
-		if strings.HasPrefix(network, "udp") {
-			if _, err := c.Write([]byte("ping")); err != nil {
-				return err
-			}
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		got = strings.TrimSpace(line)
-		return nil
+		var err error
+		got, err = dialHere(network, addr, timeout)
+		return err
 	})
 	return got, err
+}
+
+// dialHere connects from the calling thread's netns.
+func dialHere(network, addr string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout(network, addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(network, "udp") {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return "", err
+		}
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
 }
 
 // reach fails the test unless addr answers from ns; it returns the source
