@@ -1,0 +1,244 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/veth"
+)
+
+// bridgeInfo is what ADD needs to know of the bridge.
+type bridgeInfo struct {
+	index int
+	name  string
+	mac   net.HardwareAddr
+}
+
+func notFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, syscall.ENODEV)
+}
+
+// ensureBridge finds or creates the bridge and gives it what the config
+// asks for: up, promiscuous, VLAN filtering.
+func ensureBridge(n *netConf) (*bridgeInfo, error) {
+	l, err := netlink.LinkByName(n.BrName)
+	if err != nil {
+		if !notFound(err) {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: looking up bridge %s: %v", n.BrName, err)
+		}
+		info, err := createBridge(n)
+		if err == nil || !errors.Is(err, syscall.EEXIST) {
+			return info, err
+		}
+		// Another ADD created it meanwhile.
+		if l, err = netlink.LinkByName(n.BrName); err != nil {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: looking up bridge %s: %v", n.BrName, err)
+		}
+	}
+	br, ok := l.(*netlink.Bridge)
+	if !ok {
+		return nil, cnierr.New(cnierr.InvalidConfig, "bridge: %s exists and is a %s link, not a bridge", n.BrName, l.Type())
+	}
+	a := br.Attrs()
+	if a.Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(br); err != nil {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: bringing %s up: %v", n.BrName, err)
+		}
+	}
+	if n.PromiscMode && a.Promisc == 0 {
+		if err := netlink.SetPromiscOn(br); err != nil {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: making %s promiscuous: %v", n.BrName, err)
+		}
+	}
+	if n.vlanFiltering() && (br.VlanFiltering == nil || !*br.VlanFiltering) {
+		if err := netlink.BridgeSetVlanFiltering(br, true); err != nil {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: enabling VLAN filtering on %s: %v", n.BrName, err)
+		}
+	}
+	return &bridgeInfo{index: a.Index, name: a.Name, mac: a.HardwareAddr}, nil
+}
+
+// createBridge makes the bridge. Its MAC is set explicitly so that it
+// stays put as ports come and go (an unset bridge MAC follows the lowest
+// port MAC, which would change the gateway's MAC under running pods).
+func createBridge(n *netConf) (*bridgeInfo, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = n.BrName
+	attrs.MTU = n.MTU
+	attrs.Flags = net.FlagUp
+	attrs.HardwareAddr = veth.RandomMAC()
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	if n.vlanFiltering() {
+		on := true
+		br.VlanFiltering = &on
+	}
+	if err := netlink.LinkAdd(br); err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			return nil, err
+		}
+		return nil, cnierr.New(cnierr.Netlink, "bridge: creating bridge %s: %v", n.BrName, err)
+	}
+	if n.PromiscMode {
+		if err := netlink.SetPromiscOn(br); err != nil {
+			return nil, cnierr.New(cnierr.Netlink, "bridge: making %s promiscuous: %v", n.BrName, err)
+		}
+	}
+	// The plugin owns the bridge's IPv6 routes; router advertisements
+	// must not add others.
+	_ = os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/accept_ra", n.BrName), []byte("0"), 0o644)
+	return &bridgeInfo{index: br.Attrs().Index, name: n.BrName, mac: attrs.HardwareAddr}, nil
+}
+
+// setPortVlans makes the host end of a veth an access port of n.Vlan or a
+// trunk of n.trunk, dropping the default VLAN unless it is preserved.
+func setPortVlans(n *netConf, index int) error {
+	port := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: index}}
+	if n.Vlan != 0 {
+		if err := netlink.BridgeVlanAdd(port, uint16(n.Vlan), true, true, false, true); err != nil {
+			return cnierr.New(cnierr.Netlink, "bridge: adding VLAN %d to port: %v", n.Vlan, err)
+		}
+	}
+	for _, r := range n.trunk {
+		var err error
+		if r.min == r.max {
+			err = netlink.BridgeVlanAdd(port, uint16(r.min), false, false, false, true)
+		} else {
+			err = netlink.BridgeVlanAddRange(port, uint16(r.min), uint16(r.max), false, false, false, true)
+		}
+		if err != nil {
+			return cnierr.New(cnierr.Netlink, "bridge: adding trunk VLANs %d-%d to port: %v", r.min, r.max, err)
+		}
+	}
+	if !n.preserveDefaultVlan() && !n.trunkHas(1) && n.Vlan != 1 {
+		if err := netlink.BridgeVlanDel(port, 1, false, false, false, true); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return cnierr.New(cnierr.Netlink, "bridge: removing the default VLAN from port: %v", err)
+		}
+	}
+	return nil
+}
+
+func (n *netConf) trunkHas(vid int) bool {
+	for _, r := range n.trunk {
+		if r.min <= vid && vid <= r.max {
+			return true
+		}
+	}
+	return false
+}
+
+// vlanGateway returns the interface that holds the gateway addresses of
+// VLAN vid: a VLAN device on the bridge, the bridge itself being made a
+// tagged member of vid.
+func vlanGateway(br *bridgeInfo, vid int) (netlink.Link, error) {
+	name := fmt.Sprintf("%s.%d", br.name, vid)
+	if l, err := netlink.LinkByName(name); err == nil {
+		if v, ok := l.(*netlink.Vlan); !ok || v.VlanId != vid || v.ParentIndex != br.index {
+			return nil, cnierr.New(cnierr.InvalidConfig, "bridge: %s exists and is not VLAN %d of %s", name, vid, br.name)
+		}
+		return l, nil
+	} else if !notFound(err) {
+		return nil, cnierr.New(cnierr.Netlink, "bridge: looking up %s: %v", name, err)
+	}
+	brLink := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Index: br.index, Name: br.name}}
+	if err := netlink.BridgeVlanAdd(brLink, uint16(vid), false, false, true, false); err != nil {
+		return nil, cnierr.New(cnierr.Netlink, "bridge: adding VLAN %d to %s itself: %v", vid, br.name, err)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	attrs.ParentIndex = br.index
+	attrs.Flags = net.FlagUp
+	v := &netlink.Vlan{LinkAttrs: attrs, VlanId: vid}
+	if err := netlink.LinkAdd(v); err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			return netlink.LinkByName(name)
+		}
+		return nil, cnierr.New(cnierr.Netlink, "bridge: creating %s: %v", name, err)
+	}
+	return v, nil
+}
+
+// ensureGateways gives link the gateway addresses gws. Another IPv4
+// address, or an IPv6 address whose subnet overlaps a gateway's, is a
+// conflict: replaced with forceAddress, an error without.
+func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
+	name := link.Attrs().Name
+	have, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return cnierr.New(cnierr.Netlink, "bridge: listing addresses of %s: %v", name, err)
+	}
+	isGW := func(a netlink.Addr) bool {
+		for _, gw := range gws {
+			if a.IP.Equal(gw.IP) && a.Mask.String() == gw.Mask.String() {
+				return true
+			}
+		}
+		return false
+	}
+	for _, a := range have {
+		if isGW(a) || a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		for _, gw := range gws {
+			v4 := gw.IP.To4() != nil
+			if (a.IP.To4() != nil) != v4 {
+				continue
+			}
+			if !v4 && !a.Contains(gw.IP) && !gw.Contains(a.IP) {
+				continue
+			}
+			if !force {
+				return cnierr.New(cnierr.InvalidConfig, "bridge: %s already has address %s, not gateway %s (set \"forceAddress\" to replace it)", name, a.IPNet, gw.String())
+			}
+			if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return cnierr.New(cnierr.Netlink, "bridge: removing address %s from %s: %v", a.IPNet, name, err)
+			}
+			break
+		}
+	}
+	for _, gw := range gws {
+		present := false
+		for _, a := range have {
+			if a.IP.Equal(gw.IP) && a.Mask.String() == gw.Mask.String() {
+				present = true
+			}
+		}
+		if present {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.IP, Mask: gw.Mask}}
+		if gw.IP.To4() == nil {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return cnierr.New(cnierr.Netlink, "bridge: adding gateway address %s to %s: %v", gw.String(), name, err)
+		}
+	}
+	return nil
+}
+
+// enableForwarding turns on forwarding for the families of gws.
+func enableForwarding(v4, v6 bool) error {
+	write := func(path string) error {
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return cnierr.New(cnierr.IOFailure, "bridge: enabling forwarding (%s): %v", path, err)
+		}
+		return nil
+	}
+	if v4 {
+		if err := write("/proc/sys/net/ipv4/ip_forward"); err != nil {
+			return err
+		}
+	}
+	if v6 {
+		return write("/proc/sys/net/ipv6/conf/all/forwarding")
+	}
+	return nil
+}
