@@ -243,11 +243,25 @@ func NewRunner(t testing.TB, extraPath ...string) *Runner {
 // ConfList parses a network configuration list.
 func ConfList(t testing.TB, js string) *libcni.NetworkConfigList {
 	t.Helper()
-	// NetworkConfFromBytes takes both a list and a single plugin config,
-	// wrapping the latter as libcni does for .conf files.
-	cl, err := libcni.NetworkConfFromBytes([]byte(js))
-	if err != nil {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(js), &probe); err != nil {
 		t.Fatalf("parsing network config: %v\n%s", err, js)
+	}
+	if _, ok := probe["plugins"]; ok {
+		cl, err := libcni.NetworkConfFromBytes([]byte(js))
+		if err != nil {
+			t.Fatalf("parsing conflist: %v\n%s", err, js)
+		}
+		return cl
+	}
+	// A single plugin config: wrap it as libcni does for .conf files.
+	pc, err := libcni.NetworkPluginConfFromBytes([]byte(js))
+	if err != nil {
+		t.Fatalf("parsing plugin config: %v\n%s", err, js)
+	}
+	cl, err := libcni.ConfListFromConf(pc)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return cl
 }

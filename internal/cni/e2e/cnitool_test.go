@@ -55,3 +55,35 @@ func TestCnitoolLoopback(t *testing.T) {
 		}
 	}
 }
+
+// The full pod chain through cnitool, run from a host namespace of the
+// test's own.
+func TestCnitoolChain(t *testing.T) {
+	cnitest.Root(t)
+	tag := cnitest.Tag(t)
+	host := cnitest.NewNetns(t, tag+"-host")
+	pod := cnitest.NewNetns(t, tag+"-pod")
+	dataDir := t.TempDir()
+	dir := writeConf(t, tag, chain(tag, tag+"br", dataDir))
+	t.Cleanup(func() { _ = host.Try(func() error { cnitest.DeleteLinks(tag); return nil }) })
+	caps := []string{`CAP_ARGS={"portMappings":[{"hostPort":18090,"containerPort":80,"protocol":"tcp"}],"bandwidth":{"ingressRate":100000000,"ingressBurst":1000000,"egressRate":100000000,"egressBurst":1000000}}`}
+	for _, verb := range []string{"add", "check", "status", "del", "del", "add", "gc"} {
+		var out string
+		err := host.Try(func() error {
+			var err error
+			out, err = cnitool(t, dir, caps, verb, tag, pod.Path)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("cnitool %s: %v\n%s", verb, err, out)
+		}
+		if verb == "add" && !strings.Contains(out, "10.77.0.") {
+			t.Errorf("cnitool add printed no pod address:\n%s", out)
+		}
+	}
+	// cnitool's GC lists no valid attachment: everything of the network goes.
+	host.Do(t, func() error { return cnitest.NoNetworkChains(tag) })
+	cnitest.EmptyDir(t, filepath.Join(dataDir, tag), "lock", "last_reserved_ip.0", "last_reserved_ip.1")
+	// Let cnitool's own cache go too (it keeps it in /var/lib/cni).
+	_ = host.Try(func() error { _, err := cnitool(t, dir, caps, "del", tag, pod.Path); return err })
+}
