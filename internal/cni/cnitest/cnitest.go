@@ -247,21 +247,18 @@ func ConfList(t testing.TB, js string) *libcni.NetworkConfigList {
 	if err := json.Unmarshal([]byte(js), &probe); err != nil {
 		t.Fatalf("parsing network config: %v\n%s", err, js)
 	}
-	if _, ok := probe["plugins"]; ok {
-		cl, err := libcni.NetworkConfFromBytes([]byte(js))
+	if _, ok := probe["plugins"]; !ok {
+		// A single plugin config: wrap it in a list, as runtimes do for
+		// .conf files.
+		wrapped, err := json.Marshal(map[string]any{"cniVersion": probe["cniVersion"], "name": probe["name"], "plugins": []json.RawMessage{json.RawMessage(js)}})
 		if err != nil {
-			t.Fatalf("parsing conflist: %v\n%s", err, js)
+			t.Fatal(err)
 		}
-		return cl
+		js = string(wrapped)
 	}
-	// A single plugin config: wrap it as libcni does for .conf files.
-	pc, err := libcni.NetworkPluginConfFromBytes([]byte(js))
+	cl, err := libcni.NetworkConfFromBytes([]byte(js))
 	if err != nil {
-		t.Fatalf("parsing plugin config: %v\n%s", err, js)
-	}
-	cl, err := libcni.ConfListFromConf(pc)
-	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("parsing conflist: %v\n%s", err, js)
 	}
 	return cl
 }
