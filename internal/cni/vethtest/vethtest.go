@@ -37,7 +37,7 @@ func New(t *testing.T) *Env {
 	t.Helper()
 	cnitest.Root(t)
 	tag := cnitest.Tag(t)
-	e := &Env{T: t, Tag: tag, Host: cnitest.NewNetns(t, tag+"h"), Runner: cnitest.NewRunner(t), DataDir: t.TempDir()}
+	e := &Env{T: t, Tag: tag, Host: cnitest.NewNetns(t, tag+"host"), Runner: cnitest.NewRunner(t), DataDir: t.TempDir()}
 	e.In(func() {
 		lo, err := netlink.LinkByName("lo")
 		if err == nil {
@@ -77,6 +77,22 @@ func (e *Env) In(fn func()) {
 	if !<-done {
 		e.T.FailNow()
 	}
+}
+
+// InFile runs fn on a thread of its own inside the namespace open as f, for
+// goroutines of a test that each need the namespace, and returns fn's
+// error. fn must not fail the test itself.
+func InFile(f *os.File, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked, as in In
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 // Pod makes a pod namespace named after the test.
