@@ -49,8 +49,10 @@ $(TOOLS)/staticcheck:
 $(TOOLS)/cnitool:
 	GOBIN=$(TOOLS) $(GO) install $(CNITOOL)
 
-# The reference plugins, for benchmarks side by side with tripod's.
+# The reference plugins (and the iptables they drive), for benchmarks side
+# by side with tripod's.
 bench-deps: $(TOOLS)/reference/bridge
+	@command -v iptables >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null
 
 $(TOOLS)/reference/bridge:
 	@mkdir -p $(TOOLS)/reference
@@ -60,6 +62,9 @@ lint:
 	@out=$$(gofmt -l cmd internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
+	@# Every pod start execs the plugins: keep net/http (and its ~1 ms of
+	@# start-up) out of the CNI binary.
+	@if $(GO) list -deps ./cmd/tripod-cni | grep -qx 'net/http'; then echo "cmd/tripod-cni must not depend on net/http (use internal/cni/delegate, not libcni's invoke)"; exit 1; fi
 
 test: deps build lint test-go
 

@@ -65,6 +65,9 @@ func main() {
 		}
 		return
 	}
+	if name == "dhcp" && len(os.Args) > 1 && os.Args[1] == "daemon" {
+		os.Exit(dhcp.Daemon(os.Args[2:]))
+	}
 	mk, ok := all[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "tripod-cni: no plugin named %q; run it as a link named after a plugin, or as 'tripod-cni PLUGIN' ('tripod-cni list' lists them)\n", name)

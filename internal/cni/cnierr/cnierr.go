@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
@@ -74,16 +76,67 @@ func Code(err error) uint {
 	return 0
 }
 
+// jsonPath turns encoding/json's field path, which names embedded Go
+// structs ("PluginConf.name"), into the JSON path a user wrote ("name"),
+// by walking v's type and dropping the components that are embedded
+// fields without a JSON name of their own.
+func jsonPath(v any, field string) string {
+	var out []string
+	t := reflect.TypeOf(v)
+	for _, part := range strings.Split(field, ".") {
+		for t != nil && (t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map) {
+			t = t.Elem()
+		}
+		if t != nil && t.Kind() == reflect.Struct {
+			if f, ok := t.FieldByName(part); ok && f.Anonymous && f.Tag.Get("json") == "" {
+				t = f.Type
+				continue
+			}
+			t = fieldByJSONName(t, part)
+		} else {
+			t = nil
+		}
+		if part != "" {
+			out = append(out, part)
+		}
+	}
+	if len(out) == 0 {
+		return "(top level)"
+	}
+	return strings.Join(out, ".")
+}
+
+// fieldByJSONName finds the type of the field that decodes JSON key name,
+// looking through embedded structs; nil when unknown.
+func fieldByJSONName(t reflect.Type, name string) reflect.Type {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == name || (tag == "" && strings.EqualFold(f.Name, name)) {
+			return f.Type
+		}
+		if f.Anonymous && tag == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				if r := fieldByJSONName(ft, name); r != nil {
+					return r
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // Decode unmarshals a network configuration into v. A syntax error or a
 // field of the wrong type is code 6 and names the offending field.
 func Decode(data []byte, v any) error {
 	if err := json.Unmarshal(data, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			field := te.Field
-			if field == "" {
-				field = "(top level)"
-			}
+			field := jsonPath(v, te.Field)
 			return New(DecodingFailure, "network config field %q: expected %s, got JSON %s", field, te.Type, te.Value)
 		}
 		var se *json.SyntaxError

@@ -20,6 +20,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
@@ -361,4 +362,30 @@ func NoChains(t testing.TB, table nftown.Table, network string) {
 	if len(tags) > 0 {
 		t.Errorf("leaked nftables chains in table %s for network %s: %v", table.Name, network, tags)
 	}
+}
+
+// NoNetworkChains reports (as an error) any chain, in any nftables table
+// of the current network namespace, that belongs to an attachment of
+// network: every tripod plugin names its per-attachment chains with
+// nftown.NetworkTag(network).
+func NoNetworkChains(network string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	chains, err := c.ListChains()
+	if err != nil {
+		return fmt.Errorf("listing nftables chains: %w", err)
+	}
+	tag := nftown.NetworkTag(network)
+	var left []string
+	for _, ch := range chains {
+		if strings.Contains(ch.Name, tag) {
+			left = append(left, ch.Table.Name+"/"+ch.Name)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("leaked nftables chains of network %s: %v", network, left)
+	}
+	return nil
 }

@@ -7,13 +7,12 @@ package ipamcall
 import (
 	"context"
 	"os"
-	"path/filepath"
 
-	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/delegate"
 	"github.com/tripod-dev/tripod/internal/cni/dhcp"
 	"github.com/tripod-dev/tripod/internal/cni/hostlocal"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
@@ -39,7 +38,7 @@ func inProcess(ipamType, cniPath string) (plugin.Plugin, bool) {
 	if !ok {
 		return p, false
 	}
-	found, err := invoke.FindInPath(ipamType, filepath.SplitList(cniPath))
+	found, err := delegate.Find(ipamType, cniPath)
 	if err != nil {
 		return p, false
 	}
@@ -67,7 +66,7 @@ func Add(ctx context.Context, ipamType string, args *skel.CmdArgs) (types.Result
 		}
 		return r, nil
 	}
-	r, err := invoke.DelegateAdd(ctx, ipamType, args.StdinData, nil)
+	r, err := delegate.Add(ctx, ipamType, args.StdinData)
 	if err != nil {
 		return nil, failed(ipamType, err)
 	}
@@ -76,7 +75,7 @@ func Add(ctx context.Context, ipamType string, args *skel.CmdArgs) (types.Result
 
 // verb runs a verb without result, in-process where possible.
 func verb(ctx context.Context, ipamType string, args *skel.CmdArgs, pick func(plugin.Funcs) func(context.Context, *skel.CmdArgs) error,
-	delegate func(context.Context, string, []byte, invoke.Exec) error,
+	verbName string,
 ) error {
 	if p, ok := inProcess(ipamType, args.Path); ok {
 		if f := pick(p.Funcs); f != nil {
@@ -84,7 +83,7 @@ func verb(ctx context.Context, ipamType string, args *skel.CmdArgs, pick func(pl
 		}
 		return nil
 	}
-	return failedOrNil(ipamType, delegate(ctx, ipamType, args.StdinData, nil))
+	return failedOrNil(ipamType, delegate.Run(ctx, verbName, ipamType, args.StdinData))
 }
 
 func failedOrNil(ipamType string, err error) error {
@@ -96,20 +95,20 @@ func failedOrNil(ipamType string, err error) error {
 
 // Del runs DEL of ipamType.
 func Del(ctx context.Context, ipamType string, args *skel.CmdArgs) error {
-	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Del }, invoke.DelegateDel)
+	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Del }, "DEL")
 }
 
 // Check runs CHECK of ipamType.
 func Check(ctx context.Context, ipamType string, args *skel.CmdArgs) error {
-	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Check }, invoke.DelegateCheck)
+	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Check }, "CHECK")
 }
 
 // GC runs GC of ipamType.
 func GC(ctx context.Context, ipamType string, args *skel.CmdArgs) error {
-	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.GC }, invoke.DelegateGC)
+	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.GC }, "GC")
 }
 
 // Status runs STATUS of ipamType.
 func Status(ctx context.Context, ipamType string, args *skel.CmdArgs) error {
-	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Status }, invoke.DelegateStatus)
+	return verb(ctx, ipamType, args, func(f plugin.Funcs) func(context.Context, *skel.CmdArgs) error { return f.Status }, "STATUS")
 }

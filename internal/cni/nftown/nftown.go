@@ -70,11 +70,24 @@ func (a Attachment) ChainName(base string) string { return base + "-" + a.Tag() 
 
 func (t Table) nft() *nftables.Table { return &nftables.Table{Name: t.Name, Family: t.Family} }
 
-// ensure queues creation of the table and its base chains; both are
-// idempotent in the kernel (no NLM_F_EXCL), so concurrent plugins agree.
-func (t Table) ensure(c *nftables.Conn) *nftables.Table {
-	tbl := c.AddTable(t.nft())
+// ensure queues creation of the table and of the base chains missing from
+// existing; both are idempotent in the kernel (no NLM_F_EXCL), so
+// concurrent plugins agree. Chains that exist are not queued again: the
+// kernel commits a chain "update" only after an RCU grace period
+// (milliseconds), which would otherwise be paid by every Set.
+func (t Table) ensure(c *nftables.Conn, existing []*nftables.Chain) *nftables.Table {
+	have := map[string]bool{}
+	for _, ch := range existing {
+		have[ch.Name] = true
+	}
+	tbl := t.nft()
+	if len(existing) == 0 {
+		tbl = c.AddTable(tbl)
+	}
 	for _, b := range t.Chains {
+		if have[b.Name] {
+			continue
+		}
 		policy := nftables.ChainPolicyAccept
 		c.AddChain(&nftables.Chain{Name: b.Name, Table: tbl, Type: b.Type, Hooknum: b.Hook, Priority: b.Priority, Policy: &policy})
 	}
@@ -90,11 +103,15 @@ func (t Table) Set(a Attachment, jumps map[string]Jump) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	// Clear first (its own transaction) so that a repeated ADD replaces.
-	if err := t.remove(c, map[string]bool{a.Tag(): true}); err != nil {
+	existing, err := t.chains(c)
+	if err != nil {
 		return err
 	}
-	tbl := t.ensure(c)
+	// Clear first (its own transaction) so that a repeated ADD replaces.
+	if err := t.removeFrom(c, existing, map[string]bool{a.Tag(): true}); err != nil {
+		return err
+	}
+	tbl := t.ensure(c, existing)
 	for _, b := range t.Chains {
 		j, ok := jumps[b.Name]
 		if !ok {
@@ -217,8 +234,16 @@ func (t Table) chains(c *nftables.Conn) ([]*nftables.Chain, error) {
 // tag in tags.
 func (t Table) remove(c *nftables.Conn, tags map[string]bool) error {
 	chains, err := t.chains(c)
-	if err != nil || len(chains) == 0 {
+	if err != nil {
 		return err
+	}
+	return t.removeFrom(c, chains, tags)
+}
+
+// removeFrom is remove with the table's chains already listed.
+func (t Table) removeFrom(c *nftables.Conn, chains []*nftables.Chain, tags map[string]bool) error {
+	if len(chains) == 0 {
+		return nil
 	}
 	existing := map[string]*nftables.Chain{}
 	for _, ch := range chains {

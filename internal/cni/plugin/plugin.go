@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -43,9 +41,9 @@ var BuildVersion = "dev"
 
 // Main runs p under the CNI exec protocol and returns the exit status.
 func Main(p Plugin) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	return run(ctx, p, os.Stdout)
+	// No signal handling: a runtime that gives up on a plugin kills it,
+	// and a signal-watching thread costs start-up time on every exec.
+	return run(context.Background(), p, os.Stdout)
 }
 
 // run keeps stdout explicit for the result; skel itself writes VERSION

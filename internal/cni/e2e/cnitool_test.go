@@ -1,0 +1,57 @@
+// Package e2e drives tripod's plugins the way operators and runtimes do:
+// through cnitool and through whole conflists chaining several plugins.
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tripod-dev/tripod/internal/cni/cnitest"
+)
+
+func TestMain(m *testing.M) { os.Exit(cnitest.Main(m)) }
+
+// cnitool runs the upstream cnitool (installed by make deps) with the
+// network configs in netDir.
+func cnitool(t *testing.T, netDir string, env []string, args ...string) (string, error) {
+	t.Helper()
+	path, err := exec.LookPath("cnitool")
+	if err != nil {
+		t.Fatalf("cnitool is not on PATH: run 'make deps' (it installs github.com/containernetworking/cni/cnitool into .tools/bin): %v", err)
+	}
+	cmd := exec.CommandContext(context.Background(), path, args...)
+	cmd.Env = append(os.Environ(), "NETCONFPATH="+netDir, "CNI_PATH="+cnitest.BinDir(t))
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func writeConf(t *testing.T, name, js string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "10-"+name+".conflist"), []byte(js), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestCnitoolLoopback(t *testing.T) {
+	cnitest.Root(t)
+	tag := cnitest.Tag(t)
+	ns := cnitest.NewNetns(t, tag)
+	dir := writeConf(t, tag, `{"cniVersion":"1.1.0","name":"`+tag+`","plugins":[{"type":"loopback"}]}`)
+	ifname := []string{"CNI_IFNAME=lo"}
+	for _, verb := range []string{"add", "check", "status", "del", "gc"} {
+		out, err := cnitool(t, dir, ifname, verb, tag, ns.Path)
+		if err != nil {
+			t.Fatalf("cnitool %s: %v\n%s", verb, err, out)
+		}
+		if verb == "add" && !strings.Contains(out, "127.0.0.1") {
+			t.Errorf("cnitool add printed no loopback address:\n%s", out)
+		}
+	}
+}
