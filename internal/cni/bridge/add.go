@@ -116,7 +116,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	// Before the container's end comes up, so it never sends a forged frame.
 	if n.MacSpoofChk {
 		if err := setSpoofCheck(att, hostName, contMAC); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: %v", err)
+			return nil, nftErr(err)
 		}
 		u.push(func() { _ = removeSpoofCheck(att) })
 	}
@@ -149,7 +149,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 
 	if n.IPMasq && len(result.IPs) > 0 {
 		if err := masq.Set(att, result.IPs); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: %v", err)
+			return nil, nftErr(err)
 		}
 		u.push(func() { _ = masq.Remove(att) })
 	}

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/vishvananda/netlink"
@@ -17,8 +18,13 @@ import (
 
 // del releases the address, deletes the veth and removes the rules, each
 // found from the attachment's identity alone. Every step runs even when
-// an earlier one failed; the first failure is reported. The bridge stays:
-// other attachments may use it.
+// another fails; the first failure is reported. The bridge stays: other
+// attachments may use it.
+//
+// Both deletions make the kernel wait for RCU grace periods, and the
+// waits serialise unless ordered: the rules go first over a connection
+// closed only at the end, so their wait (paid on close) runs during the
+// veth's unregistration instead of before it.
 func del(ctx context.Context, args *skel.CmdArgs) error {
 	n, err := load(args)
 	if err != nil {
@@ -26,19 +32,56 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	att := attachment(n, args.ContainerID, args.IfName)
 	var errs []error
-	if n.layer3() {
-		errs = append(errs, ipamcall.Del(ctx, n.IPAM.Type, args))
-	}
-	errs = append(errs, removeVeth(args))
 	// Rules go whether or not the config still asks for them: a config
 	// changed since ADD must not leak them.
-	if err := masq.Remove(att); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: %v", err))
+	c, err := masq.Lasting()
+	if err != nil {
+		errs = append(errs, nftErr(err))
 	}
-	if err := removeSpoofCheck(att); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: %v", err))
+	if c != nil {
+		defer func() { _ = c.CloseLasting() }()
+		errs = append(errs, nftErr(masq.RemoveWith(c, att)), nftErr(removeSpoofCheckWith(c, att)))
 	}
-	return first(errs)
+	steps := []func() error{func() error { return removeVeth(args) }}
+	if n.layer3() {
+		steps = append(steps, func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) })
+	}
+	return first(append(errs, parallel(steps...)...))
+}
+
+// parallel runs fns concurrently and returns their errors in order.
+func parallel(fns ...func() error) []error {
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, f := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f()
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// nftErr codes an nftables failure: 102 when the kernel has no nftables.
+func nftErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case masq.Unsupported(err):
+		return cnierr.New(cnierr.KernelUnsupported, "bridge: %v: the kernel has no nftables (CONFIG_NF_TABLES)", err)
+	}
+	return cnierr.New(cnierr.Netlink, "bridge: %v", err)
+}
+
+// gcErr is nftErr for GC, where a kernel without nftables has no rules
+// to collect.
+func gcErr(err error) error {
+	if masq.Unsupported(err) {
+		return nil
+	}
+	return nftErr(err)
 }
 
 func first(errs []error) error {
@@ -102,12 +145,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
 		names[veth.HostName(v.ContainerID, v.IfName)] = true
 	}
-	if err := masq.GC(n.Name, keep); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
-	}
-	if err := SpoofTable().GC(n.Name, keep); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: macspoofchk rules: %v", err))
-	}
+	errs = append(errs, gcErr(masq.GC(n.Name, keep)), gcErr(SpoofTable().GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
 	}

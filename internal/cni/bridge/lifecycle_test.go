@@ -469,7 +469,7 @@ func TestBadInput(t *testing.T) {
 		{"multicast mac", base(`,"runtimeConfig":{"mac":"01:00:5e:00:00:01"}`), nil, cnierr.InvalidConfig, "multicast"},
 		{"CNI_ARGS mac", base(``), map[string]string{"CNI_ARGS": "IgnoreUnknown=1;MAC=nonsense"}, cnierr.InvalidConfig, "MAC"},
 		{"netns missing", base(`,"ipam":` + v4Only), map[string]string{"CNI_NETNS": "/run/netns/" + e.Tag + "none"}, cnierr.UnknownContainer, "none"},
-		{"no such IPAM", base(`,"ipam":{"type":"no-such-ipam"}`), nil, cnierr.Delegate, "no-such-ipam"},
+		{"no such IPAM", base(`,"ipam":{"type":"no-such-ipam"}`), nil, cnierr.InvalidConfig, "no-such-ipam"},
 		{"version", `{"cniVersion":"9.9.9","name":"x","type":"bridge"}`, nil, cnierr.IncompatibleVersion, "9.9.9"},
 		{"no ifname", base(``), map[string]string{"CNI_IFNAME": ""}, cnierr.InvalidEnv, "CNI_IFNAME"},
 	}

@@ -8,8 +8,10 @@
 package masq
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
@@ -96,6 +98,34 @@ func Set(att nftown.Attachment, ips []*current.IPConfig) error {
 // not an error.
 func Remove(att nftown.Attachment) error {
 	if err := Table().Remove(att); err != nil {
+		return fmt.Errorf("masquerade rules: %w", err)
+	}
+	return nil
+}
+
+// Lasting opens a lasting nftables connection for RemoveWith, which the
+// caller closes once its other slow work (deleting a veth) is done, so
+// that the kernel's wait for the deleted rules overlaps it. It returns
+// nil and no error when the kernel has no nftables at all: then there are
+// no rules to remove.
+func Lasting() (*nftables.Conn, error) {
+	c, err := nftables.New(nftables.AsLasting())
+	if Unsupported(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
+// Unsupported reports whether err means that the kernel has no nftables.
+func Unsupported(err error) bool { return errors.Is(err, syscall.EPROTONOSUPPORT) }
+
+// RemoveWith is Remove over the caller's connection (see
+// nftown.Table.RemoveWith).
+func RemoveWith(c *nftables.Conn, att nftown.Attachment) error {
+	if err := Table().RemoveWith(c, att); err != nil {
 		return fmt.Errorf("masquerade rules: %w", err)
 	}
 	return nil

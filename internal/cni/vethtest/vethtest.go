@@ -25,7 +25,7 @@ import (
 
 // Env is one test's host namespace, libcni runner and IPAM data directory.
 type Env struct {
-	T       *testing.T
+	T       testing.TB
 	Tag     string
 	Host    *cnitest.Netns
 	Runner  *cnitest.Runner
@@ -33,7 +33,7 @@ type Env struct {
 }
 
 // New makes the environment; everything in it goes when the test ends.
-func New(t *testing.T) *Env {
+func New(t testing.TB) *Env {
 	t.Helper()
 	cnitest.Root(t)
 	tag := cnitest.Tag(t)
@@ -133,7 +133,7 @@ func (e *Env) Del(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) {
 
 // Code returns the CNI error code of err, failing the test when err is
 // nil or carries no code.
-func Code(t *testing.T, err error) uint {
+func Code(t testing.TB, err error) uint {
 	t.Helper()
 	if err == nil {
 		t.Fatal("expected an error, got success")
@@ -146,7 +146,7 @@ func Code(t *testing.T, err error) uint {
 }
 
 // WantCode fails the test unless err carries code.
-func WantCode(t *testing.T, err error, code uint) {
+func WantCode(t testing.TB, err error, code uint) {
 	t.Helper()
 	if c := Code(t, err); c != code {
 		t.Fatalf("error code %d, want %d: %v", c, code, err)
@@ -175,7 +175,7 @@ func (e *Env) NoLeaks(networks []string, tables ...nftown.Table) {
 }
 
 // PodEmpty fails the test if the pod has any link but lo.
-func PodEmpty(t *testing.T, pod *cnitest.Netns) {
+func PodEmpty(t testing.TB, pod *cnitest.Netns) {
 	t.Helper()
 	var names []string
 	pod.Do(t, func() error {
@@ -193,7 +193,7 @@ func PodEmpty(t *testing.T, pod *cnitest.Netns) {
 }
 
 // NoPing fails the test if a single ping from pod to addr is answered.
-func NoPing(t *testing.T, pod *cnitest.Netns, addr string) {
+func NoPing(t testing.TB, pod *cnitest.Netns, addr string) {
 	t.Helper()
 	if out, err := pod.Exec(context.Background(), "ping", "-c", "1", "-W", "1", addr); err == nil {
 		t.Fatalf("ping %s from %s was answered, want no answer:\n%s", addr, pod.Name, out)
@@ -201,7 +201,7 @@ func NoPing(t *testing.T, pod *cnitest.Netns, addr string) {
 }
 
 // Addrs returns the global addresses of the link called name in pod.
-func Addrs(t *testing.T, pod *cnitest.Netns, name string) []string {
+func Addrs(t testing.TB, pod *cnitest.Netns, name string) []string {
 	t.Helper()
 	var out []string
 	pod.Do(t, func() error {
@@ -221,7 +221,7 @@ func Addrs(t *testing.T, pod *cnitest.Netns, name string) []string {
 }
 
 // IP returns the address of the family (v4 or not) in res.
-func IP(t *testing.T, res *current.Result, v4 bool) string {
+func IP(t testing.TB, res *current.Result, v4 bool) string {
 	t.Helper()
 	for _, ip := range res.IPs {
 		if (ip.Address.IP.To4() != nil) == v4 {
