@@ -236,22 +236,3 @@ func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
 	}
 	return nil
 }
-
-// enableForwarding turns on forwarding for the families of gws.
-func enableForwarding(v4, v6 bool) error {
-	write := func(path string) error {
-		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-			return cnierr.New(cnierr.IOFailure, "bridge: enabling forwarding (%s): %v", path, err)
-		}
-		return nil
-	}
-	if v4 {
-		if err := write("/proc/sys/net/ipv4/ip_forward"); err != nil {
-			return err
-		}
-	}
-	if v6 {
-		return write("/proc/sys/net/ipv6/conf/all/forwarding")
-	}
-	return nil
-}

@@ -18,6 +18,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
 
@@ -121,6 +122,27 @@ func Lasting() (*nftables.Conn, error) {
 
 // Unsupported reports whether err means that the kernel has no nftables.
 func Unsupported(err error) bool { return errors.Is(err, syscall.EPROTONOSUPPORT) }
+
+// Coded gives an nftables failure of plugin its CNI code: 102 when the
+// kernel has no nftables, 103 otherwise.
+func Coded(plugin string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case Unsupported(err):
+		return cnierr.New(cnierr.KernelUnsupported, "%s: %v: the kernel has no nftables (CONFIG_NF_TABLES)", plugin, err)
+	}
+	return cnierr.New(cnierr.Netlink, "%s: %v", plugin, err)
+}
+
+// CodedGC is Coded for GC, where a kernel without nftables has no rules to
+// collect.
+func CodedGC(plugin string, err error) error {
+	if Unsupported(err) {
+		return nil
+	}
+	return Coded(plugin, err)
+}
 
 // RemoveWith is Remove over the caller's connection (see
 // nftown.Table.RemoveWith).

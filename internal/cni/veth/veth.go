@@ -17,6 +17,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 )
 
 // prefix starts every host-side name; the rest is 11 hex digits, filling
@@ -241,4 +244,41 @@ func SetUp(name string) error {
 		return fmt.Errorf("bringing %s up: %w", name, err)
 	}
 	return nil
+}
+
+// Remove deletes the veth pair of an attachment: by its host end's name
+// (HostName), which works with the container's namespace gone, or failing
+// that by the veth called ifName in the namespace at netnsPath, which is
+// how a pair made by another implementation of the plugin, with another
+// host name, is found. Nothing to delete is success. Errors carry a CNI
+// code.
+func Remove(hostName, ifName, netnsPath string) error {
+	found, err := Delete(hostName)
+	if err != nil {
+		return cnierr.New(cnierr.Netlink, "%v", err)
+	}
+	if found || netnsPath == "" {
+		return nil
+	}
+	err = nsutil.Do(netnsPath, func() error {
+		l, err := netlink.LinkByName(ifName)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil
+			}
+			return cnierr.New(cnierr.Netlink, "looking up %s in %s: %v", ifName, netnsPath, err)
+		}
+		if l.Type() != "veth" {
+			return nil
+		}
+		if _, err := Delete(ifName); err != nil {
+			return cnierr.New(cnierr.Netlink, "%v", err)
+		}
+		return nil
+	})
+	if errors.Is(err, nsutil.ErrGone) {
+		return nil
+	}
+	return err
 }
