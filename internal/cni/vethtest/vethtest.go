@@ -6,6 +6,7 @@ package vethtest
 
 import (
 	"context"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -98,6 +99,44 @@ func InFile(f *os.File, fn func() error) error {
 // Pod makes a pod namespace named after the test.
 func (e *Env) Pod(name string) *cnitest.Netns {
 	return cnitest.NewNetns(e.T, e.Tag+name)
+}
+
+// OutsideAddr answers in the namespace Outside makes.
+const OutsideAddr = "192.168.77.2"
+
+// Outside connects the host namespace (call it inside In) to a further
+// namespace holding OutsideAddr, which has no route back to any pod
+// network: only masqueraded traffic gets answers.
+func (e *Env) Outside() *cnitest.Netns {
+	e.T.Helper()
+	o := e.Pod("o")
+	f, err := os.Open(o.Path)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	defer f.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = e.Tag + "o"
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(f.Fd())}); err != nil {
+		e.T.Fatal(err)
+	}
+	up := func(name, cidr string) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		ip, n, _ := net.ParseCIDR(cidr)
+		n.IP = ip
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: n}); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	}
+	if err := up(e.Tag+"o", "192.168.77.1/24"); err != nil {
+		e.T.Fatal(err)
+	}
+	o.Do(e.T, func() error { return up("eth0", OutsideAddr+"/24") })
+	return o
 }
 
 // ConfList parses a config list, with every "TAG" replaced by the test's
