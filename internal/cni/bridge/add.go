@@ -78,7 +78,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	hostName := hostVethName(args)
+	hostName := hostVethName(n, args)
 	hostMAC, contMAC := veth.RandomMAC(), n.mac
 	if contMAC == nil {
 		contMAC = veth.RandomMAC()

@@ -33,13 +33,13 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	// changed since ADD must not leak them.
 	c, err := masq.Lasting()
 	if err != nil {
-		errs = append(errs, masq.Coded("bridge", err))
+		errs = append(errs, masq.CodedCleanup("bridge", err))
 	}
 	if c != nil {
 		defer func() { _ = c.CloseLasting() }()
-		errs = append(errs, masq.Coded("bridge", masq.RemoveWith(c, att)), masq.Coded("bridge", removeSpoofCheckWith(c, att)))
+		errs = append(errs, masq.CodedCleanup("bridge", masq.RemoveWith(c, att)), masq.CodedCleanup("bridge", removeSpoofCheckWith(c, att)))
 	}
-	work := []func() error{func() error { return veth.Remove(hostVethName(args), args.IfName, args.Netns) }}
+	work := []func() error{func() error { return veth.Remove(n.Name, hostVethName(n, args), args.IfName, args.Netns) }}
 	if n.layer3() {
 		work = append(work, func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) })
 	}
@@ -61,9 +61,9 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	names := map[string]bool{}
 	for _, v := range n.ValidAttachments {
 		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(v.ContainerID, v.IfName)] = true
+		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
 	}
-	errs = append(errs, masq.CodedGC("bridge", masq.GC(n.Name, keep)), masq.CodedGC("bridge", SpoofTable().GC(n.Name, keep)))
+	errs = append(errs, masq.CodedCleanup("bridge", masq.GC(n.Name, keep)), masq.CodedCleanup("bridge", SpoofTable().GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
 	}

@@ -168,9 +168,13 @@ func TestDuplicateAdd(t *testing.T) {
 		e.Add(list, rt(e, pod))
 		_, err := e.Runner.CNI.AddNetworkList(context.Background(), list, rt(e, pod))
 		vethtest.WantCode(t, err, cnierr.AlreadyAttached)
-		// L2 only, so no IPAM to notice: the host veth tells.
+		// Another network, L2 only, so no IPAM to notice: the namespace
+		// has the interface.
 		_, err = e.Runner.CNI.AddNetworkList(context.Background(), l2, rt(e, pod))
 		vethtest.WantCode(t, err, cnierr.AlreadyAttached)
+		if !strings.Contains(err.Error(), "already exists in network namespace") {
+			t.Errorf("error: %v", err)
+		}
 		// An interface name the namespace already has.
 		pod.Do(t, func() error {
 			attrs := netlink.NewLinkAttrs()
@@ -205,6 +209,41 @@ func TestDelUnknown(t *testing.T) {
 		e.Del(list, cnitest.RuntimeConf("never", "/run/netns/"+e.Tag+"none", "eth0"))
 		e.Del(list, cnitest.RuntimeConf("never", "", "eth0"))
 		e.NoLeaks([]string{e.Tag}, bridge.SpoofTable())
+	})
+}
+
+// TestDelOtherVeths: DEL of an attachment whose host veth is not found
+// deletes the namespace's veth of that name when another implementation
+// made it (no tripod alias on its host end), but never one tripod made for
+// another network.
+func TestDelOtherVeths(t *testing.T) {
+	e := vethtest.New(t)
+	a := e.ConfList(`{"cniVersion":"1.1.0","name":"TAGa","plugins":[{"type":"bridge","bridge":"TAGba"}]}`)
+	b := e.ConfList(`{"cniVersion":"1.1.0","name":"TAGb","plugins":[{"type":"bridge","bridge":"TAGbb"}]}`)
+	pod := e.Pod("p")
+	e.In(func() {
+		e.Add(b, rt(e, pod))
+		e.Del(a, rt(e, pod))
+		if err := e.Runner.CNI.CheckNetworkList(context.Background(), b, rt(e, pod)); err != nil {
+			t.Errorf("DEL on network a disturbed network b's attachment: %v", err)
+		}
+		f, err := os.Open(pod.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = e.Tag + "f"
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth1", PeerNamespace: netlink.NsFd(f.Fd())}); err != nil {
+			t.Fatal(err)
+		}
+		e.Del(a, cnitest.RuntimeConf(pod.Name, pod.Path, "eth1"))
+		if _, err := netlink.LinkByName(e.Tag + "f"); err == nil {
+			t.Error("the other implementation's veth survived DEL")
+		}
+		e.Del(b, rt(e, pod))
+		vethtest.PodEmpty(t, pod)
+		e.NoLeaks([]string{e.Tag + "a", e.Tag + "b"}, bridge.SpoofTable())
 	})
 }
 

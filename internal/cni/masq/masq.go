@@ -120,8 +120,24 @@ func Lasting() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// Unsupported reports whether err means that the kernel has no nftables.
-func Unsupported(err error) bool { return errors.Is(err, syscall.EPROTONOSUPPORT) }
+// Unsupported reports whether err came from a kernel without nftables:
+// without nfnetlink the socket cannot be opened, and without nf_tables
+// behind it even listing tables fails. Only the failure paths ask, so the
+// probe costs nothing when all is well.
+func Unsupported(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, syscall.EPROTONOSUPPORT) {
+		return true
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return errors.Is(err, syscall.EPROTONOSUPPORT)
+	}
+	_, err = c.ListTables()
+	return errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EINVAL)
+}
 
 // Coded gives an nftables failure of plugin its CNI code: 102 when the
 // kernel has no nftables, 103 otherwise.
@@ -135,9 +151,9 @@ func Coded(plugin string, err error) error {
 	return cnierr.New(cnierr.Netlink, "%s: %v", plugin, err)
 }
 
-// CodedGC is Coded for GC, where a kernel without nftables has no rules to
-// collect.
-func CodedGC(plugin string, err error) error {
+// CodedCleanup is Coded for DEL and GC, where a kernel without nftables
+// has no rules to remove.
+func CodedCleanup(plugin string, err error) error {
 	if Unsupported(err) {
 		return nil
 	}

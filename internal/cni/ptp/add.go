@@ -86,7 +86,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		return nil, cnierr.Wrap(cnierr.IOFailure, err, "ptp: enabling forwarding")
 	}
 
-	hostName := hostVethName(args)
+	hostName := hostVethName(n, args)
 	hostMAC, contMAC := veth.RandomMAC(), veth.RandomMAC()
 	index, err := veth.Create(veth.Pair{
 		HostName: hostName, HostMAC: hostMAC, MTU: n.MTU,

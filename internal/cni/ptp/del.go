@@ -27,14 +27,14 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	var errs []error
 	c, err := masq.Lasting()
 	if err != nil {
-		errs = append(errs, masq.Coded("ptp", err))
+		errs = append(errs, masq.CodedCleanup("ptp", err))
 	}
 	if c != nil {
 		defer func() { _ = c.CloseLasting() }()
-		errs = append(errs, masq.Coded("ptp", masq.RemoveWith(c, attachment(n, args.ContainerID, args.IfName))))
+		errs = append(errs, masq.CodedCleanup("ptp", masq.RemoveWith(c, attachment(n, args.ContainerID, args.IfName))))
 	}
 	errs = append(errs, steps.Parallel(
-		func() error { return veth.Remove(hostVethName(args), args.IfName, args.Netns) },
+		func() error { return veth.Remove(n.Name, hostVethName(n, args), args.IfName, args.Netns) },
 		func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) },
 	)...)
 	return steps.First(errs...)
@@ -52,9 +52,9 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	names := map[string]bool{}
 	for _, v := range n.ValidAttachments {
 		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(v.ContainerID, v.IfName)] = true
+		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
 	}
-	errs = append(errs, masq.CodedGC("ptp", masq.GC(n.Name, keep)))
+	errs = append(errs, masq.CodedCleanup("ptp", masq.GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "ptp: GC: %v", err))
 	}
