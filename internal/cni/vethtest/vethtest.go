@@ -209,6 +209,10 @@ func (e *Env) NoLeaks(networks []string, tables ...nftown.Table) {
 		for _, tbl := range append([]nftown.Table{masq.Table()}, tables...) {
 			cnitest.NoChains(e.T, tbl, n)
 		}
+		// And in any table at all.
+		if err := cnitest.NoNetworkChains(n); err != nil {
+			e.T.Error(err)
+		}
 	}
 	cnitest.EmptyDir(e.T, e.DataDir, "lock", "last_reserved_ip.0", "last_reserved_ip.1", "last_reserved_ip.2")
 }
