@@ -3,9 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
-	"os"
 	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -18,22 +16,13 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/steps"
+	"github.com/tripod-dev/tripod/internal/cni/sysctl"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
 // contIndex is the container interface's index in the result.
 const contIndex = 2
-
-// undo is the work of a failing ADD to take back, newest first.
-type undo []func()
-
-func (u *undo) push(f func()) { *u = append(*u, f) }
-
-func (u undo) run() {
-	for i := len(u) - 1; i >= 0; i-- {
-		u[i]()
-	}
-}
 
 func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	n, err := load(args)
@@ -46,10 +35,10 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	}
 	defer nsFile.Close()
 
-	var u undo
+	var u steps.Undo
 	defer func() {
 		if err != nil {
-			u.run()
+			u.Run()
 		}
 	}()
 	att := attachment(n, args.ContainerID, args.IfName)
@@ -62,7 +51,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		u.push(func() { _ = ipamcall.Del(context.WithoutCancel(ctx), n.IPAM.Type, args) })
+		u.Push(func() { _ = ipamcall.Del(context.WithoutCancel(ctx), n.IPAM.Type, args) })
 		ipamRes, err := current.NewResultFromResult(r)
 		if err != nil {
 			return nil, cnierr.New(cnierr.Delegate, "bridge: IPAM plugin %q gave an unusable result: %v", n.IPAM.Type, err)
@@ -89,7 +78,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	hostName := hostVethName(args)
+	hostName := hostVethName(n, args)
 	hostMAC, contMAC := veth.RandomMAC(), n.mac
 	if contMAC == nil {
 		contMAC = veth.RandomMAC()
@@ -104,7 +93,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		}
 		return nil, cnierr.New(cnierr.Netlink, "bridge: creating veth %s (host) / %s (container): %v", hostName, args.IfName, err)
 	}
-	u.push(func() { _, _ = veth.Delete(hostName) })
+	u.Push(func() { _, _ = veth.Delete(hostName) })
 	if err := veth.Finish(index, veth.Port{Alias: veth.Alias(n.Name), Hairpin: n.HairpinMode, Isolated: n.PortIsolation}); err != nil {
 		return nil, cnierr.New(cnierr.Netlink, "bridge: %v", err)
 	}
@@ -116,9 +105,9 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	// Before the container's end comes up, so it never sends a forged frame.
 	if n.MacSpoofChk {
 		if err := setSpoofCheck(att, hostName, contMAC); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: %v", err)
+			return nil, masq.Coded("bridge", err)
 		}
-		u.push(func() { _ = removeSpoofCheck(att) })
+		u.Push(func() { _ = removeSpoofCheck(att) })
 	}
 
 	if !n.DisableContainerInterface {
@@ -142,16 +131,16 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		for _, gw := range gws {
 			v4, v6 = v4 || gw.IP.To4() != nil, v6 || gw.IP.To4() == nil
 		}
-		if err := enableForwarding(v4, v6); err != nil {
-			return nil, err
+		if err := sysctl.Forwarding(v4, v6); err != nil {
+			return nil, cnierr.Wrap(cnierr.IOFailure, err, "bridge: enabling forwarding")
 		}
 	}
 
 	if n.IPMasq && len(result.IPs) > 0 {
 		if err := masq.Set(att, result.IPs); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: %v", err)
+			return nil, masq.Coded("bridge", err)
 		}
-		u.push(func() { _ = masq.Remove(att) })
+		u.Push(func() { _ = masq.Remove(att) })
 	}
 
 	mtu := n.MTU
@@ -258,6 +247,5 @@ func configureContainer(ctx context.Context, n *netConf, ifName string, result *
 	}
 	// Configure turns DAD off for the interface; enabledad keeps it on
 	// for addresses that come later.
-	_ = os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/accept_dad", ifName), []byte("1"), 0o644)
-	return nil
+	return sysctl.IPv6(ifName, true)
 }

@@ -182,4 +182,6 @@ func attachment(n *netConf, containerID, ifName string) nftown.Attachment {
 	return nftown.Attachment{Network: n.Name, ContainerID: containerID, IfName: ifName}
 }
 
-func hostVethName(args *skel.CmdArgs) string { return veth.HostName(args.ContainerID, args.IfName) }
+func hostVethName(n *netConf, args *skel.CmdArgs) string {
+	return veth.HostName(n.Name, args.ContainerID, args.IfName)
+}

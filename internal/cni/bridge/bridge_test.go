@@ -2,7 +2,6 @@ package bridge_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"strings"
 	"testing"
@@ -207,40 +206,6 @@ func TestVersions(t *testing.T) {
 	}
 }
 
-// outside connects the host namespace to a further namespace, 192.168.77.2,
-// that has no route back to any pod network: only masqueraded traffic
-// gets answers.
-func outside(t *testing.T, e *vethtest.Env) *cnitest.Netns {
-	o := e.Pod("o")
-	f, err := os.Open(o.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = e.Tag + "o"
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(f.Fd())}); err != nil {
-		t.Fatal(err)
-	}
-	up := func(name, cidr string) error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		ip, n, _ := net.ParseCIDR(cidr)
-		n.IP = ip
-		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: n}); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(l)
-	}
-	if err := up(e.Tag+"o", "192.168.77.1/24"); err != nil {
-		t.Fatal(err)
-	}
-	o.Do(t, func() error { return up("eth0", "192.168.77.2/24") })
-	return o
-}
-
 // TestIPMasq: traffic from a pod on an ipMasq network reaches a host that
 // has no route back to it; without ipMasq it does not. The rules go with
 // DEL, also when the namespace is already gone or the address was removed
@@ -254,15 +219,15 @@ func TestIPMasq(t *testing.T) {
 	m, p := e.Pod("m"), e.Pod("p")
 	nets := []string{e.Tag + "m", e.Tag + "p"}
 	e.In(func() {
-		outside(t, e)
+		e.Outside()
 		e.Add(masqList, rt(e, m))
 		e.Add(plainList, rt(e, p))
 		att := nftown.Attachment{Network: e.Tag + "m", ContainerID: m.Name, IfName: "eth0"}
 		if ok, err := masq.Present(att); !ok || err != nil {
 			t.Fatalf("masquerade rules after ADD: present %v, %v", ok, err)
 		}
-		m.Ping(t, "192.168.77.2")
-		vethtest.NoPing(t, p, "192.168.77.2")
+		m.Ping(t, vethtest.OutsideAddr)
+		vethtest.NoPing(t, p, vethtest.OutsideAddr)
 		e.Del(masqList, rt(e, m))
 		e.Del(plainList, rt(e, p))
 		e.NoLeaks(nets)
@@ -270,7 +235,7 @@ func TestIPMasq(t *testing.T) {
 		// The namespace is gone before DEL.
 		g := e.Pod("g")
 		e.Add(masqList, rt(e, g))
-		g.Ping(t, "192.168.77.2")
+		g.Ping(t, vethtest.OutsideAddr)
 		g.Remove(t)
 		e.Del(masqList, rt(e, g))
 		e.NoLeaks(nets)

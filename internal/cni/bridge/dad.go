@@ -2,9 +2,7 @@ package bridge
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"os"
 	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -12,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/sysctl"
 )
 
 // dadTimeout bounds the wait for duplicate address detection; the kernel
@@ -37,11 +36,8 @@ func settleDAD(ctx context.Context, ifName string, result *current.Result) error
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "finding %s: %v", ifName, err)
 	}
-	for _, kv := range [][2]string{{"disable_ipv6", "0"}, {"accept_dad", "1"}} {
-		p := fmt.Sprintf("/proc/sys/net/ipv6/conf/%s/%s", ifName, kv[0])
-		if err := os.WriteFile(p, []byte(kv[1]), 0o644); err != nil {
-			return cnierr.New(cnierr.IOFailure, "enabledad: writing %s: %v", p, err)
-		}
+	if err := sysctl.IPv6(ifName, true); err != nil {
+		return cnierr.Wrap(cnierr.IOFailure, err, "enabledad")
 	}
 	updates := make(chan netlink.AddrUpdate, 64)
 	done := make(chan struct{})

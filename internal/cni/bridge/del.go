@@ -2,23 +2,26 @@ package bridge
 
 import (
 	"context"
-	"errors"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
-	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/steps"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
 // del releases the address, deletes the veth and removes the rules, each
 // found from the attachment's identity alone. Every step runs even when
-// an earlier one failed; the first failure is reported. The bridge stays:
-// other attachments may use it.
+// another fails; the first failure is reported. The bridge stays: other
+// attachments may use it.
+//
+// Both deletions make the kernel wait for RCU grace periods, and the
+// waits serialise unless ordered: the rules go first over a connection
+// closed only at the end, so their wait (paid on close) runs during the
+// veth's unregistration instead of before it.
 func del(ctx context.Context, args *skel.CmdArgs) error {
 	n, err := load(args)
 	if err != nil {
@@ -26,63 +29,21 @@ func del(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	att := attachment(n, args.ContainerID, args.IfName)
 	var errs []error
-	if n.layer3() {
-		errs = append(errs, ipamcall.Del(ctx, n.IPAM.Type, args))
-	}
-	errs = append(errs, removeVeth(args))
 	// Rules go whether or not the config still asks for them: a config
 	// changed since ADD must not leak them.
-	if err := masq.Remove(att); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: %v", err))
-	}
-	if err := removeSpoofCheck(att); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: %v", err))
-	}
-	return first(errs)
-}
-
-func first(errs []error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// removeVeth deletes the attachment's veth pair by its host end's name,
-// which works with the namespace gone. Failing that, a veth called IfName
-// in the namespace goes: one made by another implementation of the
-// plugin, whose host end has another name.
-func removeVeth(args *skel.CmdArgs) error {
-	hostName := hostVethName(args)
-	found, err := veth.Delete(hostName)
+	c, err := masq.Lasting()
 	if err != nil {
-		return cnierr.New(cnierr.Netlink, "bridge: %v", err)
+		errs = append(errs, masq.CodedCleanup("bridge", err))
 	}
-	if found || args.Netns == "" {
-		return nil
+	if c != nil {
+		defer func() { _ = c.CloseLasting() }()
+		errs = append(errs, masq.CodedCleanup("bridge", masq.RemoveWith(c, att)), masq.CodedCleanup("bridge", removeSpoofCheckWith(c, att)))
 	}
-	err = nsutil.Do(args.Netns, func() error {
-		l, err := netlink.LinkByName(args.IfName)
-		if err != nil {
-			if notFound(err) {
-				return nil
-			}
-			return cnierr.New(cnierr.Netlink, "bridge: looking up %s: %v", args.IfName, err)
-		}
-		if l.Type() != "veth" {
-			return nil
-		}
-		if err := netlink.LinkDel(l); err != nil && !notFound(err) {
-			return cnierr.New(cnierr.Netlink, "bridge: deleting %s: %v", args.IfName, err)
-		}
-		return nil
-	})
-	if errors.Is(err, nsutil.ErrGone) {
-		return nil
+	work := []func() error{func() error { return veth.Remove(n.Name, hostVethName(n, args), args.IfName, args.Netns) }}
+	if n.layer3() {
+		work = append(work, func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) })
 	}
-	return err
+	return steps.First(append(errs, steps.Parallel(work...)...)...)
 }
 
 // gc removes everything of the network's attachments that are not in
@@ -100,18 +61,13 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	names := map[string]bool{}
 	for _, v := range n.ValidAttachments {
 		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(v.ContainerID, v.IfName)] = true
+		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
 	}
-	if err := masq.GC(n.Name, keep); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
-	}
-	if err := SpoofTable().GC(n.Name, keep); err != nil {
-		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: macspoofchk rules: %v", err))
-	}
+	errs = append(errs, masq.CodedCleanup("bridge", masq.GC(n.Name, keep)), masq.CodedCleanup("bridge", SpoofTable().GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
 	}
-	return first(errs)
+	return steps.First(errs...)
 }
 
 // status reports the IPAM plugin's status; the bridge itself is made on

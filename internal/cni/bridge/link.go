@@ -26,13 +26,23 @@ func notFound(err error) bool {
 	return errors.As(err, &nf) || errors.Is(err, syscall.ENODEV)
 }
 
+// netlinkErr codes a failed netlink request: 102 when the kernel lacks
+// the feature (VLAN filtering and 802.1Q are optional), 103 otherwise.
+func netlinkErr(err error, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if errors.Is(err, syscall.EOPNOTSUPP) {
+		return cnierr.New(cnierr.KernelUnsupported, "%s: the kernel does not support it (%v)", msg, err)
+	}
+	return cnierr.New(cnierr.Netlink, "%s: %v", msg, err)
+}
+
 // ensureBridge finds or creates the bridge and gives it what the config
 // asks for: up, promiscuous, VLAN filtering.
 func ensureBridge(n *netConf) (*bridgeInfo, error) {
 	l, err := netlink.LinkByName(n.BrName)
 	if err != nil {
 		if !notFound(err) {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: looking up bridge %s: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: looking up bridge %s", n.BrName)
 		}
 		info, err := createBridge(n)
 		if err == nil || !errors.Is(err, syscall.EEXIST) {
@@ -40,7 +50,7 @@ func ensureBridge(n *netConf) (*bridgeInfo, error) {
 		}
 		// Another ADD created it meanwhile.
 		if l, err = netlink.LinkByName(n.BrName); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: looking up bridge %s: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: looking up bridge %s", n.BrName)
 		}
 	}
 	br, ok := l.(*netlink.Bridge)
@@ -50,17 +60,17 @@ func ensureBridge(n *netConf) (*bridgeInfo, error) {
 	a := br.Attrs()
 	if a.Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(br); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: bringing %s up: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: bringing %s up", n.BrName)
 		}
 	}
 	if n.PromiscMode && a.Promisc == 0 {
 		if err := netlink.SetPromiscOn(br); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: making %s promiscuous: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: making %s promiscuous", n.BrName)
 		}
 	}
 	if n.vlanFiltering() && (br.VlanFiltering == nil || !*br.VlanFiltering) {
 		if err := netlink.BridgeSetVlanFiltering(br, true); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: enabling VLAN filtering on %s: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: enabling VLAN filtering on %s", n.BrName)
 		}
 	}
 	return &bridgeInfo{index: a.Index, name: a.Name, mac: a.HardwareAddr}, nil
@@ -84,11 +94,14 @@ func createBridge(n *netConf) (*bridgeInfo, error) {
 		if errors.Is(err, syscall.EEXIST) {
 			return nil, err
 		}
-		return nil, cnierr.New(cnierr.Netlink, "bridge: creating bridge %s: %v", n.BrName, err)
+		if n.vlanFiltering() {
+			return nil, netlinkErr(err, "bridge: creating bridge %s with VLAN filtering", n.BrName)
+		}
+		return nil, netlinkErr(err, "bridge: creating bridge %s", n.BrName)
 	}
 	if n.PromiscMode {
 		if err := netlink.SetPromiscOn(br); err != nil {
-			return nil, cnierr.New(cnierr.Netlink, "bridge: making %s promiscuous: %v", n.BrName, err)
+			return nil, netlinkErr(err, "bridge: making %s promiscuous", n.BrName)
 		}
 	}
 	// The plugin owns the bridge's IPv6 routes; router advertisements
@@ -103,7 +116,7 @@ func setPortVlans(n *netConf, index int) error {
 	port := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: index}}
 	if n.Vlan != 0 {
 		if err := netlink.BridgeVlanAdd(port, uint16(n.Vlan), true, true, false, true); err != nil {
-			return cnierr.New(cnierr.Netlink, "bridge: adding VLAN %d to port: %v", n.Vlan, err)
+			return netlinkErr(err, "bridge: adding VLAN %d to port", n.Vlan)
 		}
 	}
 	for _, r := range n.trunk {
@@ -114,12 +127,12 @@ func setPortVlans(n *netConf, index int) error {
 			err = netlink.BridgeVlanAddRange(port, uint16(r.min), uint16(r.max), false, false, false, true)
 		}
 		if err != nil {
-			return cnierr.New(cnierr.Netlink, "bridge: adding trunk VLANs %d-%d to port: %v", r.min, r.max, err)
+			return netlinkErr(err, "bridge: adding trunk VLANs %d-%d to port", r.min, r.max)
 		}
 	}
 	if !n.preserveDefaultVlan() && !n.trunkHas(1) && n.Vlan != 1 {
 		if err := netlink.BridgeVlanDel(port, 1, false, false, false, true); err != nil && !errors.Is(err, syscall.ENOENT) {
-			return cnierr.New(cnierr.Netlink, "bridge: removing the default VLAN from port: %v", err)
+			return netlinkErr(err, "bridge: removing the default VLAN from port")
 		}
 	}
 	return nil
@@ -145,11 +158,11 @@ func vlanGateway(br *bridgeInfo, vid int) (netlink.Link, error) {
 		}
 		return l, nil
 	} else if !notFound(err) {
-		return nil, cnierr.New(cnierr.Netlink, "bridge: looking up %s: %v", name, err)
+		return nil, netlinkErr(err, "bridge: looking up %s", name)
 	}
 	brLink := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Index: br.index, Name: br.name}}
 	if err := netlink.BridgeVlanAdd(brLink, uint16(vid), false, false, true, false); err != nil {
-		return nil, cnierr.New(cnierr.Netlink, "bridge: adding VLAN %d to %s itself: %v", vid, br.name, err)
+		return nil, netlinkErr(err, "bridge: adding VLAN %d to %s itself", vid, br.name)
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
@@ -160,7 +173,7 @@ func vlanGateway(br *bridgeInfo, vid int) (netlink.Link, error) {
 		if errors.Is(err, syscall.EEXIST) {
 			return netlink.LinkByName(name)
 		}
-		return nil, cnierr.New(cnierr.Netlink, "bridge: creating %s: %v", name, err)
+		return nil, netlinkErr(err, "bridge: creating %s", name)
 	}
 	return v, nil
 }
@@ -172,7 +185,7 @@ func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
 	name := link.Attrs().Name
 	have, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
-		return cnierr.New(cnierr.Netlink, "bridge: listing addresses of %s: %v", name, err)
+		return netlinkErr(err, "bridge: listing addresses of %s", name)
 	}
 	isGW := func(a netlink.Addr) bool {
 		for _, gw := range gws {
@@ -198,7 +211,7 @@ func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
 				return cnierr.New(cnierr.InvalidConfig, "bridge: %s already has address %s, not gateway %s (set \"forceAddress\" to replace it)", name, a.IPNet, gw.String())
 			}
 			if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-				return cnierr.New(cnierr.Netlink, "bridge: removing address %s from %s: %v", a.IPNet, name, err)
+				return netlinkErr(err, "bridge: removing address %s from %s", a.IPNet, name)
 			}
 			break
 		}
@@ -218,27 +231,8 @@ func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
 			addr.Flags = unix.IFA_F_NODAD
 		}
 		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
-			return cnierr.New(cnierr.Netlink, "bridge: adding gateway address %s to %s: %v", gw.String(), name, err)
+			return netlinkErr(err, "bridge: adding gateway address %s to %s", gw.String(), name)
 		}
-	}
-	return nil
-}
-
-// enableForwarding turns on forwarding for the families of gws.
-func enableForwarding(v4, v6 bool) error {
-	write := func(path string) error {
-		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-			return cnierr.New(cnierr.IOFailure, "bridge: enabling forwarding (%s): %v", path, err)
-		}
-		return nil
-	}
-	if v4 {
-		if err := write("/proc/sys/net/ipv4/ip_forward"); err != nil {
-			return err
-		}
-	}
-	if v6 {
-		return write("/proc/sys/net/ipv6/conf/all/forwarding")
 	}
 	return nil
 }

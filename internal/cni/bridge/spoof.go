@@ -54,6 +54,13 @@ func removeSpoofCheck(att nftown.Attachment) error {
 	return nil
 }
 
+func removeSpoofCheckWith(c *nftables.Conn, att nftown.Attachment) error {
+	if err := SpoofTable().RemoveWith(c, att); err != nil {
+		return fmt.Errorf("macspoofchk rules: %w", err)
+	}
+	return nil
+}
+
 func spoofCheckPresent(att nftown.Attachment) (bool, error) {
 	tags, err := SpoofTable().Tags(att.Network)
 	if err != nil {

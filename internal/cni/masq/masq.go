@@ -8,14 +8,17 @@
 package masq
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
 
@@ -96,6 +99,71 @@ func Set(att nftown.Attachment, ips []*current.IPConfig) error {
 // not an error.
 func Remove(att nftown.Attachment) error {
 	if err := Table().Remove(att); err != nil {
+		return fmt.Errorf("masquerade rules: %w", err)
+	}
+	return nil
+}
+
+// Lasting opens a lasting nftables connection for RemoveWith, which the
+// caller closes once its other slow work (deleting a veth) is done, so
+// that the kernel's wait for the deleted rules overlaps it. It returns
+// nil and no error when the kernel has no nftables at all: then there are
+// no rules to remove.
+func Lasting() (*nftables.Conn, error) {
+	c, err := nftables.New(nftables.AsLasting())
+	if Unsupported(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
+// Unsupported reports whether err came from a kernel without nftables:
+// without nfnetlink the socket cannot be opened, and without nf_tables
+// behind it even listing tables fails. Only the failure paths ask, so the
+// probe costs nothing when all is well.
+func Unsupported(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, syscall.EPROTONOSUPPORT) {
+		return true
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return errors.Is(err, syscall.EPROTONOSUPPORT)
+	}
+	_, err = c.ListTables()
+	return errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EINVAL)
+}
+
+// Coded gives an nftables failure of plugin its CNI code: 102 when the
+// kernel has no nftables, 103 otherwise.
+func Coded(plugin string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case Unsupported(err):
+		return cnierr.New(cnierr.KernelUnsupported, "%s: %v: the kernel has no nftables (CONFIG_NF_TABLES)", plugin, err)
+	}
+	return cnierr.New(cnierr.Netlink, "%s: %v", plugin, err)
+}
+
+// CodedCleanup is Coded for DEL and GC, where a kernel without nftables
+// has no rules to remove.
+func CodedCleanup(plugin string, err error) error {
+	if Unsupported(err) {
+		return nil
+	}
+	return Coded(plugin, err)
+}
+
+// RemoveWith is Remove over the caller's connection (see
+// nftown.Table.RemoveWith).
+func RemoveWith(c *nftables.Conn, att nftown.Attachment) error {
+	if err := Table().RemoveWith(c, att); err != nil {
 		return fmt.Errorf("masquerade rules: %w", err)
 	}
 	return nil

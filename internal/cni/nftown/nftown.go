@@ -159,6 +159,14 @@ func (t Table) Remove(a Attachment) error {
 	return t.remove(c, map[string]bool{a.Tag(): true})
 }
 
+// RemoveWith is Remove over the caller's connection. The kernel defers
+// freeing deleted rules past an RCU grace period and makes whoever closes
+// the deleting socket wait for that: with a lasting connection, closed
+// later, the caller can overlap the wait with other work.
+func (t Table) RemoveWith(c *nftables.Conn, a Attachment) error {
+	return t.remove(c, map[string]bool{a.Tag(): true})
+}
+
 // GC deletes the rules of every attachment of network that is not in keep.
 func (t Table) GC(network string, keep []Attachment) error {
 	c, err := nftables.New()

@@ -1,7 +1,8 @@
 // Package veth creates and removes the veth pairs of tripod's bridge and
-// ptp plugins. The host end's name is derived from the attachment alone,
-// so DEL and GC find it with no state file and with the container's
-// namespace already gone; its alias records the network it belongs to.
+// ptp plugins. The host end's name is derived from the attachment's
+// identity (network, container ID, interface name) alone, so DEL and GC
+// find it with no state file and with the container's namespace already
+// gone; its alias records the network it belongs to.
 package veth
 
 import (
@@ -17,6 +18,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 )
 
 // prefix starts every host-side name; the rest is 11 hex digits, filling
@@ -26,9 +30,11 @@ const prefix = "veth"
 // aliasPrefix starts the alias of every host end tripod creates.
 const aliasPrefix = "tripod-cni:"
 
-// HostName is the host-side name of the veth of (containerID, ifName).
-func HostName(containerID, ifName string) string {
-	h := sha256.Sum256([]byte(containerID + "\x00" + ifName))
+// HostName is the host-side name of the veth of an attachment. The
+// network is part of it so that DEL on one network can never take the
+// veth of another that the same container interface name is on.
+func HostName(network, containerID, ifName string) string {
+	h := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifName))
 	return prefix + hex.EncodeToString(h[:])[:11]
 }
 
@@ -241,4 +247,58 @@ func SetUp(name string) error {
 		return fmt.Errorf("bringing %s up: %w", name, err)
 	}
 	return nil
+}
+
+// Remove deletes the veth pair of an attachment on network: by its host
+// end's name (HostName), which works with the container's namespace gone,
+// or failing that by the veth called ifName in the namespace at netnsPath,
+// which is how a pair made by another implementation of the plugin, with
+// another host name, is found. A veth whose host end tripod made for
+// another network is left alone. Nothing to delete is success. Errors
+// carry a CNI code.
+func Remove(network, hostName, ifName, netnsPath string) error {
+	found, err := Delete(hostName)
+	if err != nil {
+		return cnierr.New(cnierr.Netlink, "%v", err)
+	}
+	if found || netnsPath == "" {
+		return nil
+	}
+	ns, err := nsutil.Open(netnsPath)
+	if errors.Is(err, nsutil.ErrGone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	peer := -1 // the index of the host end of the namespace's ifName
+	err = nsutil.DoFile(ns, func() error {
+		l, err := netlink.LinkByName(ifName)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil
+			}
+			return cnierr.New(cnierr.Netlink, "looking up %s in %s: %v", ifName, netnsPath, err)
+		}
+		if l.Type() == "veth" {
+			peer = l.Attrs().ParentIndex
+		}
+		return nil
+	})
+	if err != nil || peer < 0 {
+		return err
+	}
+	if l, err := netlink.LinkByIndex(peer); err == nil {
+		if a := l.Attrs().Alias; strings.HasPrefix(a, aliasPrefix) && a != Alias(network) {
+			return nil
+		}
+	}
+	return nsutil.DoFile(ns, func() error {
+		if _, err := Delete(ifName); err != nil {
+			return cnierr.New(cnierr.Netlink, "%v", err)
+		}
+		return nil
+	})
 }

@@ -16,14 +16,14 @@ import (
 )
 
 func TestHostName(t *testing.T) {
-	a := veth.HostName("c1", "eth0")
+	a := veth.HostName("n", "c1", "eth0")
 	if len(a) != 15 || !strings.HasPrefix(a, "veth") {
 		t.Errorf("HostName = %q: want veth + 11 hex digits", a)
 	}
-	if a != veth.HostName("c1", "eth0") {
+	if a != veth.HostName("n", "c1", "eth0") {
 		t.Error("HostName is not deterministic")
 	}
-	for _, other := range []string{veth.HostName("c1", "eth1"), veth.HostName("c2", "eth0"), veth.HostName("c1e", "th0")} {
+	for _, other := range []string{veth.HostName("n", "c1", "eth1"), veth.HostName("n", "c2", "eth0"), veth.HostName("n", "c1e", "th0"), veth.HostName("m", "c1", "eth0")} {
 		if other == a {
 			t.Errorf("HostName collides: %q", other)
 		}
@@ -47,7 +47,7 @@ func TestCreateDeleteGC(t *testing.T) {
 	}
 	defer f.Close()
 
-	names := []string{veth.HostName(tag, "eth0"), veth.HostName(tag, "eth1"), veth.HostName(tag, "eth2")}
+	names := []string{veth.HostName(tag, tag, "eth0"), veth.HostName(tag, tag, "eth1"), veth.HostName(tag, tag, "eth2")}
 	hostMAC, peerMAC := veth.RandomMAC(), veth.RandomMAC()
 	host.Do(t, func() error {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: tag + "br"}}

@@ -6,6 +6,7 @@ package vethtest
 
 import (
 	"context"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -25,7 +26,7 @@ import (
 
 // Env is one test's host namespace, libcni runner and IPAM data directory.
 type Env struct {
-	T       *testing.T
+	T       testing.TB
 	Tag     string
 	Host    *cnitest.Netns
 	Runner  *cnitest.Runner
@@ -33,11 +34,11 @@ type Env struct {
 }
 
 // New makes the environment; everything in it goes when the test ends.
-func New(t *testing.T) *Env {
+func New(t testing.TB) *Env {
 	t.Helper()
 	cnitest.Root(t)
 	tag := cnitest.Tag(t)
-	e := &Env{T: t, Tag: tag, Host: cnitest.NewNetns(t, tag+"h"), Runner: cnitest.NewRunner(t), DataDir: t.TempDir()}
+	e := &Env{T: t, Tag: tag, Host: cnitest.NewNetns(t, tag+"host"), Runner: cnitest.NewRunner(t), DataDir: t.TempDir()}
 	e.In(func() {
 		lo, err := netlink.LinkByName("lo")
 		if err == nil {
@@ -79,9 +80,63 @@ func (e *Env) In(fn func()) {
 	}
 }
 
+// InFile runs fn on a thread of its own inside the namespace open as f, for
+// goroutines of a test that each need the namespace, and returns fn's
+// error. fn must not fail the test itself.
+func InFile(f *os.File, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked, as in In
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
 // Pod makes a pod namespace named after the test.
 func (e *Env) Pod(name string) *cnitest.Netns {
 	return cnitest.NewNetns(e.T, e.Tag+name)
+}
+
+// OutsideAddr answers in the namespace Outside makes.
+const OutsideAddr = "192.168.77.2"
+
+// Outside connects the host namespace (call it inside In) to a further
+// namespace holding OutsideAddr, which has no route back to any pod
+// network: only masqueraded traffic gets answers.
+func (e *Env) Outside() *cnitest.Netns {
+	e.T.Helper()
+	o := e.Pod("o")
+	f, err := os.Open(o.Path)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	defer f.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = e.Tag + "o"
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "eth0", PeerNamespace: netlink.NsFd(f.Fd())}); err != nil {
+		e.T.Fatal(err)
+	}
+	up := func(name, cidr string) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		ip, n, _ := net.ParseCIDR(cidr)
+		n.IP = ip
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: n}); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	}
+	if err := up(e.Tag+"o", "192.168.77.1/24"); err != nil {
+		e.T.Fatal(err)
+	}
+	o.Do(e.T, func() error { return up("eth0", OutsideAddr+"/24") })
+	return o
 }
 
 // ConfList parses a config list, with every "TAG" replaced by the test's
@@ -117,7 +172,7 @@ func (e *Env) Del(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) {
 
 // Code returns the CNI error code of err, failing the test when err is
 // nil or carries no code.
-func Code(t *testing.T, err error) uint {
+func Code(t testing.TB, err error) uint {
 	t.Helper()
 	if err == nil {
 		t.Fatal("expected an error, got success")
@@ -130,7 +185,7 @@ func Code(t *testing.T, err error) uint {
 }
 
 // WantCode fails the test unless err carries code.
-func WantCode(t *testing.T, err error, code uint) {
+func WantCode(t testing.TB, err error, code uint) {
 	t.Helper()
 	if c := Code(t, err); c != code {
 		t.Fatalf("error code %d, want %d: %v", c, code, err)
@@ -154,12 +209,16 @@ func (e *Env) NoLeaks(networks []string, tables ...nftown.Table) {
 		for _, tbl := range append([]nftown.Table{masq.Table()}, tables...) {
 			cnitest.NoChains(e.T, tbl, n)
 		}
+		// And in any table at all.
+		if err := cnitest.NoNetworkChains(n); err != nil {
+			e.T.Error(err)
+		}
 	}
 	cnitest.EmptyDir(e.T, e.DataDir, "lock", "last_reserved_ip.0", "last_reserved_ip.1", "last_reserved_ip.2")
 }
 
 // PodEmpty fails the test if the pod has any link but lo.
-func PodEmpty(t *testing.T, pod *cnitest.Netns) {
+func PodEmpty(t testing.TB, pod *cnitest.Netns) {
 	t.Helper()
 	var names []string
 	pod.Do(t, func() error {
@@ -177,7 +236,7 @@ func PodEmpty(t *testing.T, pod *cnitest.Netns) {
 }
 
 // NoPing fails the test if a single ping from pod to addr is answered.
-func NoPing(t *testing.T, pod *cnitest.Netns, addr string) {
+func NoPing(t testing.TB, pod *cnitest.Netns, addr string) {
 	t.Helper()
 	if out, err := pod.Exec(context.Background(), "ping", "-c", "1", "-W", "1", addr); err == nil {
 		t.Fatalf("ping %s from %s was answered, want no answer:\n%s", addr, pod.Name, out)
@@ -185,7 +244,7 @@ func NoPing(t *testing.T, pod *cnitest.Netns, addr string) {
 }
 
 // Addrs returns the global addresses of the link called name in pod.
-func Addrs(t *testing.T, pod *cnitest.Netns, name string) []string {
+func Addrs(t testing.TB, pod *cnitest.Netns, name string) []string {
 	t.Helper()
 	var out []string
 	pod.Do(t, func() error {
@@ -205,7 +264,7 @@ func Addrs(t *testing.T, pod *cnitest.Netns, name string) []string {
 }
 
 // IP returns the address of the family (v4 or not) in res.
-func IP(t *testing.T, res *current.Result, v4 bool) string {
+func IP(t testing.TB, res *current.Result, v4 bool) string {
 	t.Helper()
 	for _, ip := range res.IPs {
 		if (ip.Address.IP.To4() != nil) == v4 {
