@@ -481,3 +481,31 @@ func goBuild(ctx context.Context, dir string, args ...string) (string, error) {
 	}
 	return out, nil
 }
+
+// DirFiles mirrors a host directory into the VM at dst: each file that a
+// symbolic link resolves to is copied once (under its own name), and the
+// links become links to it, so a multi-call binary with a link per name
+// stays one copy.
+func DirFiles(srcDir, dst string) ([]File, error) {
+	entries, err := os.ReadDir(srcDir)
+	if err != nil {
+		return nil, err
+	}
+	var files []File
+	added := map[string]string{}
+	for _, e := range entries {
+		real, err := filepath.EvalSymlinks(filepath.Join(srcDir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := added[real]; !ok {
+			name := filepath.Base(real)
+			added[real] = name
+			files = append(files, File{Path: dst + "/" + name, Src: real, Exec: true})
+		}
+		if added[real] != e.Name() {
+			files = append(files, File{Path: dst + "/" + e.Name(), Link: added[real]})
+		}
+	}
+	return files, nil
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +22,13 @@ var guestTests = []string{
 	"TestGuestVlan", "TestGuestLinkInContainer", "TestGuestResultVersions", "TestGuestFailedAddUndoes", "TestGuestGC",
 }
 
-// TestInVM boots the VM once and runs every TestGuest* test inside it.
+// bridgeGuestTests are the bridge package's tests that need this VM's
+// kernel (bridge VLAN filtering and 802.1Q); they skip on the host.
+var bridgeGuestTests = []string{"TestVlan"}
+
+// TestInVM boots the VM once (QEMU is slow under software emulation) and
+// runs every TestGuest* test of this package and the bridge package's
+// VLAN tests inside it.
 func TestInVM(t *testing.T) {
 	cnitest.Root(t)
 	vmtest.Host(t)
@@ -38,17 +43,25 @@ func TestInVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := []vmtest.File{{Path: "/l2test.test", Src: testBin, Exec: true}, vmtest.NetnsExecShim()}
-	plugins, err := pluginFiles(cnitest.BinDir(t), "/cni")
+	bridgeBin, err := vmtest.GoTestBinary(ctx, dir, "./internal/cni/bridge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []vmtest.File{{Path: "/l2test.test", Src: testBin, Exec: true}, {Path: "/bridge.test", Src: bridgeBin, Exec: true}, vmtest.NetnsExecShim()}
+	plugins, err := vmtest.DirFiles(cnitest.BinDir(t), "/cni")
 	if err != nil {
 		t.Fatal(err)
 	}
 	files = append(files, plugins...)
 	vm := &vmtest.VM{
 		Kernel:  kernel,
-		Modules: []string{"veth", "dummy", "macvlan", "ipvlan", "8021q"},
+		// crc32c first: libcrc32c, which nf_tables needs, names it only as
+		// a soft dependency.
+		Modules: []string{"veth", "dummy", "macvlan", "ipvlan", "8021q", "bridge", "crc32c_generic", "nf_tables"},
 		Files:   files,
-		Command: []string{"/l2test.test", "-test.v", "-test.count=1", "-test.timeout=8m", "-test.run=^TestGuest"},
+		Command: []string{"/bin/sh", "-c", "/l2test.test -test.v -test.count=1 -test.timeout=8m -test.run=^TestGuest; a=$?; " +
+			"/bridge.test -test.v -test.count=1 -test.timeout=4m '-test.run=^(" + strings.Join(bridgeGuestTests, "|") + ")$'; b=$?; " +
+			"exit $((a | b))"},
 		Env:     map[string]string{cnitest.BinEnv: "/cni"},
 		Console: &lineLog{t: t},
 	}
@@ -63,37 +76,11 @@ func TestInVM(t *testing.T) {
 	if res.Exit != 0 {
 		t.Fatalf("in-VM tests failed (exit status %d): %v\nconsole tail:\n%s", res.Exit, res.Failures(), res.Tail(80))
 	}
-	for _, name := range guestTests {
+	for _, name := range append(guestTests, bridgeGuestTests...) {
 		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
 			t.Errorf("%s did not pass in the VM (skipped or missing)", name)
 		}
 	}
-}
-
-// pluginFiles mirrors the plugin directory into the VM: the multi-call
-// binary once, every plugin name a link to it.
-func pluginFiles(binDir, dst string) ([]vmtest.File, error) {
-	entries, err := os.ReadDir(binDir)
-	if err != nil {
-		return nil, err
-	}
-	files := []vmtest.File{}
-	added := map[string]string{}
-	for _, e := range entries {
-		real, err := filepath.EvalSymlinks(filepath.Join(binDir, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		if _, ok := added[real]; !ok {
-			name := filepath.Base(real)
-			added[real] = name
-			files = append(files, vmtest.File{Path: dst + "/" + name, Src: real, Exec: true})
-		}
-		if added[real] != e.Name() {
-			files = append(files, vmtest.File{Path: dst + "/" + e.Name(), Link: added[real]})
-		}
-	}
-	return files, nil
 }
 
 // lineLog logs the console line by line as it arrives.
