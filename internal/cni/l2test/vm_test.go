@@ -54,7 +54,7 @@ func TestInVM(t *testing.T) {
 	}
 	files = append(files, plugins...)
 	vm := &vmtest.VM{
-		Kernel:  kernel,
+		Kernel: kernel,
 		// crc32c first: libcrc32c, which nf_tables needs, names it only as
 		// a soft dependency.
 		Modules: []string{"veth", "dummy", "macvlan", "ipvlan", "8021q", "bridge", "crc32c_generic", "nf_tables"},
