@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
@@ -265,7 +266,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	if err := checkTbf(ifb, tbfFor(lim.Egress)); err != nil {
 		return err
 	}
-	filters, err := netlink.FilterList(host, ingressHandle)
+	filters, err := nldump.Retry(func() ([]netlink.Filter, error) { return netlink.FilterList(host, ingressHandle) })
 	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return tcErr(err, "listing the ingress filters of %s", hostName)
 	}
@@ -277,7 +278,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 
 func checkTbf(l netlink.Link, want tbfParams) error {
 	name := l.Attrs().Name
-	qdiscs, err := netlink.QdiscList(l)
+	qdiscs, err := nldump.Retry(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(l) })
 	if err != nil {
 		return tcErr(err, "listing the qdiscs of %s", name)
 	}
@@ -305,7 +306,7 @@ func gc(_ context.Context, args *skel.CmdArgs) error {
 		keep[ifbName(c.Name, a.ContainerID, a.IfName)] = true
 	}
 	tag := netTag(c.Name)
-	links, err := netlink.LinkList()
+	links, err := nldump.Retry(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "listing links: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 )
 
 const (
@@ -223,7 +224,7 @@ func isOurs(f netlink.Filter, ifbIndex int) bool {
 // gone has nothing to remove.
 func unshape(host netlink.Link, ifbIndex int, rootAlways bool) error {
 	name := host.Attrs().Name
-	qdiscs, err := netlink.QdiscList(host)
+	qdiscs, err := nldump.Retry(func() ([]netlink.Qdisc, error) { return netlink.QdiscList(host) })
 	if err != nil {
 		if errors.As(err, new(netlink.LinkNotFoundError)) || gone(err) {
 			return nil
@@ -233,7 +234,7 @@ func unshape(host netlink.Link, ifbIndex int, rootAlways bool) error {
 	var filters []netlink.Filter
 	in := ingressQdisc(qdiscs)
 	if in != nil && ifbIndex > 0 {
-		if filters, err = netlink.FilterList(host, ingressHandle); err != nil {
+		if filters, err = nldump.Retry(func() ([]netlink.Filter, error) { return netlink.FilterList(host, ingressHandle) }); err != nil {
 			return tcErr(err, "listing the ingress filters of %s", name)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
@@ -183,7 +184,7 @@ func vlanGateway(br *bridgeInfo, vid int) (netlink.Link, error) {
 // conflict: replaced with forceAddress, an error without.
 func ensureGateways(link netlink.Link, gws []net.IPNet, force bool) error {
 	name := link.Attrs().Name
-	have, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	have, err := nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return netlinkErr(err, "bridge: listing addresses of %s", name)
 	}

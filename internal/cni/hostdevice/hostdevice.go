@@ -35,6 +35,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ifaceconf"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
@@ -172,7 +173,7 @@ func (c *conf) findHost() (netlink.Link, error) {
 		}
 		return l, nil
 	}
-	links, err := netlink.LinkList()
+	links, err := nldump.Retry(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return nil, cnierr.New(cnierr.Netlink, "listing links: %v", err)
 	}
@@ -367,7 +368,7 @@ func giveBack(c *conf, ifName string, host *os.File) error {
 // device configured by name is restored: its alias then is that name, not
 // an operator's note.
 func restoreReturned(c *conf, ifName string) error {
-	links, err := netlink.LinkList()
+	links, err := nldump.Retry(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "listing links: %v", err)
 	}

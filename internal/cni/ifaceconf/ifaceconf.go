@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 )
 
 // Configure gives the link named ifName the addresses of res whose
@@ -106,7 +107,7 @@ func Check(ifName string, ifIndex int, res *current.Result) error {
 	if err != nil {
 		return cnierr.New(cnierr.InvalidConfig, "interface %s is missing: %v", ifName, err)
 	}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "listing addresses of %s: %v", ifName, err)
 	}
@@ -125,7 +126,7 @@ func Check(ifName string, ifIndex int, res *current.Result) error {
 			return cnierr.New(cnierr.InvalidConfig, "interface %s lacks address %s", ifName, ip.Address.String())
 		}
 	}
-	routes, err := netlink.RouteList(link, netlink.FAMILY_ALL)
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "listing routes of %s: %v", ifName, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
@@ -48,7 +49,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return cnierr.New(cnierr.Netlink, "bringing lo up: %v", err)
 		}
-		addrs, err = netlink.AddrList(lo, netlink.FAMILY_ALL)
+		addrs, err = nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(lo, netlink.FAMILY_ALL) })
 		if err != nil {
 			return cnierr.New(cnierr.Netlink, "listing addresses of lo: %v", err)
 		}

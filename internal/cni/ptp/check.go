@@ -14,6 +14,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/ifaceconf"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 )
 
@@ -101,7 +102,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 // checkHost verifies the host end's gateway addresses and host routes.
 func checkHost(l netlink.Link, prev *current.Result) error {
 	name := l.Attrs().Name
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "ptp: listing addresses of %s: %v", name, err)
 	}
@@ -135,7 +136,7 @@ func gatewayRoutes(prev *current.Result) []net.IPNet {
 
 // hasRoutes verifies that l has a route to each of dsts.
 func hasRoutes(l netlink.Link, dsts []net.IPNet) error {
-	routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+	routes, err := nldump.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return cnierr.New(cnierr.Netlink, "ptp: listing routes of %s: %v", l.Attrs().Name, err)
 	}

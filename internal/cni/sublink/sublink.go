@@ -25,6 +25,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ifaceconf"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 )
 
@@ -97,7 +98,9 @@ func Master(name string) (netlink.Link, error) {
 // IPv4 default route (IPv6 if there is none).
 func DefaultRouteInterface() (string, error) {
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err := nldump.Retry(func() ([]netlink.Route, error) {
+			return netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
 		if err != nil {
 			return "", cnierr.New(cnierr.Netlink, "listing routes: %v", err)
 		}

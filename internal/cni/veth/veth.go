@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 )
 
@@ -198,7 +199,7 @@ func Delete(name string) (bool, error) {
 // Owned lists the host ends tripod created for network in the current
 // namespace.
 func Owned(network string) ([]netlink.Link, error) {
-	links, err := netlink.LinkList()
+	links, err := nldump.Retry(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
