@@ -44,7 +44,7 @@ type Stats struct {
 
 // ErrUnsafe marks a layer refused because an entry would reach outside its
 // directory.
-var ErrUnsafe = errors.New("unsafe layer entry")
+var ErrUnsafe = errdefs.Wrap(errdefs.ErrInvalidArgument, errors.New("unsafe layer entry"))
 
 // Apply unpacks the uncompressed tar stream r into dir, which must exist
 // and be empty, converting OCI whiteouts into overlayfs ones.
@@ -149,14 +149,18 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 				return st, entryErr(hdr.Name, content.Classify(err))
 			}
 			n, err := io.CopyBuffer(f, io.LimitReader(tr, hdr.Size), buf)
-			if err == nil && n != hdr.Size {
+			if (err == nil && n != hdr.Size) || errors.Is(err, io.ErrUnexpectedEOF) {
 				err = errdefs.Wrap(errdefs.ErrDataLoss, io.ErrUnexpectedEOF)
 			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return st, entryErr(hdr.Name, content.Classify(err))
+				// Not a disk problem: then the stream was bad.
+				if err = content.Classify(err); errdefs.Kind(err) == nil && ctx.Err() == nil {
+					err = errdefs.Wrap(errdefs.ErrDataLoss, err)
+				}
+				return st, entryErr(hdr.Name, err)
 			}
 			st.Bytes += hdr.Size
 			st.Inodes++
@@ -260,7 +264,7 @@ func cleanName(name string) (string, error) {
 		case "..":
 			depth--
 			if depth < 0 {
-				return "", fmt.Errorf("entry %q: climbs out of the layer: %w", name, errdefs.Wrap(errdefs.ErrInvalidArgument, ErrUnsafe))
+				return "", fmt.Errorf("entry %q: climbs out of the layer: %w", name, ErrUnsafe)
 			}
 		default:
 			depth++
@@ -337,7 +341,7 @@ func entryErr(name string, err error) error {
 	if errdefs.Kind(err) == nil {
 		// os.Root reports an escape through a symlink as a path error.
 		if strings.Contains(err.Error(), "escapes") {
-			err = errdefs.Wrap(errdefs.ErrInvalidArgument, fmt.Errorf("%w: %w", ErrUnsafe, err))
+			err = fmt.Errorf("%w: %w", ErrUnsafe, err)
 		}
 	}
 	return fmt.Errorf("layer entry %q: %w", name, err)

@@ -304,7 +304,12 @@ func (r *rewriter) RoundTrip(req *http.Request) (*http.Response, error) {
 		return r.next.RoundTrip(req) // token servers, redirects to storage
 	}
 	req = req.Clone(req.Context())
-	if r.ep.Path != "/v2" && (req.URL.Path == "/v2" || strings.HasPrefix(req.URL.Path, "/v2/")) {
+	// The version check ("/v2/") stays at the host's root when the API
+	// root is itself under /v2 (a registry serving mirrors as repository
+	// prefixes); otherwise it moves with the rest.
+	ping := req.URL.Path == "/v2/" || req.URL.Path == "/v2"
+	api := req.URL.Path == "/v2" || strings.HasPrefix(req.URL.Path, "/v2/")
+	if r.ep.Path != "/v2" && api && !(ping && strings.HasPrefix(r.ep.Path, "/v2/")) {
 		req.URL.Path = r.ep.Path + strings.TrimPrefix(req.URL.Path, "/v2")
 		req.URL.RawPath = ""
 	}

@@ -328,8 +328,9 @@ func classify(err error) error {
 		}
 		return errdefs.Wrap(errdefs.ErrUnavailable, err)
 	}
+	// go-containerregistry's verification errors are plain strings.
 	msg := err.Error()
-	if strings.Contains(msg, "digest") && (strings.Contains(msg, "mismatch") || strings.Contains(msg, "does not match")) {
+	if strings.HasPrefix(msg, "error verifying") || strings.Contains(msg, "digest mismatch") || strings.Contains(msg, "does not match") {
 		return errdefs.Wrap(errdefs.ErrDataLoss, err)
 	}
 	var ne net.Error
