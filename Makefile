@@ -18,6 +18,7 @@ APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linu
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
+CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
@@ -42,13 +43,16 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 
 $(TOOLS)/cnitool:
 	GOBIN=$(TOOLS) $(GO) install $(CNITOOL)
+
+$(TOOLS)/crictl:
+	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
