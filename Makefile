@@ -32,6 +32,7 @@ build:
 	@mkdir -p $(BIN)/cni
 	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/tripod-dev/tripod/internal/daemon.Version=$(VERSION)' -o $(BIN)/tripodd ./cmd/tripodd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
 
 deps: apt-deps go-tools
 

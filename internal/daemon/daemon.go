@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/tripod-dev/tripod/internal/adminapi"
 	"github.com/tripod-dev/tripod/internal/config"
 	"github.com/tripod-dev/tripod/internal/cri/server"
 	"github.com/tripod-dev/tripod/internal/image"
@@ -35,6 +36,8 @@ type Daemon struct {
 	grpc    *grpc.Server
 	lis     net.Listener
 	http    *http.Server
+	admin   *http.Server
+	adminL  net.Listener
 	// Addr is the CRI listener's address; MetricsAddr the metrics one.
 	Addr, MetricsAddr string
 }
@@ -93,9 +96,25 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20))
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
 
+	adminPath := filepath.Join(cfg.State, adminapi.Socket)
+	if d.adminL, err = listen("unix://" + adminPath); err != nil {
+		d.lis.Close()
+		d.Images.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(adminPath, 0o600); err != nil {
+		d.adminL.Close()
+		d.lis.Close()
+		d.Images.Close()
+		return nil, err
+	}
+	d.admin = &http.Server{Handler: adminHandler(d.Images), ReadHeaderTimeout: 10 * time.Second}
+	go d.admin.Serve(d.adminL)
+
 	if cfg.Metrics.Address != "" {
 		ml, err := net.Listen("tcp", cfg.Metrics.Address)
 		if err != nil {
+			d.admin.Close()
 			d.lis.Close()
 			d.Images.Close()
 			return nil, fmt.Errorf("metrics listener: %w", err)
@@ -163,6 +182,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if d.http != nil {
 		d.http.Close()
 	}
+	d.admin.Close()
 	if cerr := d.Images.Close(); err == nil {
 		err = cerr
 	}
