@@ -23,7 +23,7 @@ REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images up install-cni clean
 
 all: build
 
@@ -77,10 +77,16 @@ test: deps build lint test-go
 test-go:
 	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni
+bench: bench-cni bench-images
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
+
+# Image pull + unpack, tripodd vs Debian's containerd (its CRI plugin), the
+# same image from the same local registry. Needs root.
+bench-images: deps build
+	@command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null
+	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
 
 # The main job. Until tripodd and tripod-csi land, it installs the CNI
 # plugins into /opt/cni/bin.

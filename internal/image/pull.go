@@ -193,8 +193,12 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 		}
 		blobs = append(blobs, ms.indexDigest.String())
 	}
-	// One filesystem sync for every layer file, before the record that
-	// makes them part of an image.
+	// One flush for every blob and layer file, before the record that
+	// makes them part of an image: after a power cut, a recorded image is
+	// whole (and an unrecorded one is garbage that repair removes).
+	if err := s.content.Sync(); err != nil {
+		return Image{}, fmt.Errorf("%s: %w", label, err)
+	}
 	if err := s.layers.Sync(); err != nil {
 		return Image{}, fmt.Errorf("%s: sync layers: %w", label, err)
 	}

@@ -1,6 +1,8 @@
 // Package content is a content-addressed blob store: blobs are written to
-// an ingest file, verified against their digest, synced, then renamed into
-// place, so a blob under its final name is always complete and correct.
+// an ingest file, verified against their digest, then renamed into place,
+// so a blob under its final name is always complete and correct. Blobs are
+// not synced one by one: a caller about to record a reference to them calls
+// Sync once (one filesystem flush for a whole pull instead of one per blob).
 package content
 
 import (
@@ -16,6 +18,7 @@ import (
 	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/errdefs"
 )
@@ -165,13 +168,10 @@ func (w *Writer) Verify() error {
 	return nil
 }
 
-// Commit verifies the blob, syncs it and moves it to its final name.
+// Commit verifies the blob and moves it to its final name.
 func (w *Writer) Commit() error {
 	if err := w.Verify(); err != nil {
 		return err
-	}
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("blob %s: sync: %w", w.d, classify(err))
 	}
 	if err := w.f.Close(); err != nil {
 		return fmt.Errorf("blob %s: %w", w.d, classify(err))
@@ -243,6 +243,20 @@ func (s *Store) CleanIngest() (int, error) {
 		}
 	}
 	return len(ents), nil
+}
+
+// Sync flushes the filesystem holding the store: after it, every blob
+// committed so far survives a power cut.
+func (s *Store) Sync() error {
+	f, err := os.Open(s.root)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync content store: %w", classify(err))
+	}
+	return nil
 }
 
 func checkDigest(d v1.Hash) error {

@@ -180,28 +180,40 @@ type Options struct {
 
 // NewRegistry starts a registry, stopped when the test ends.
 func NewRegistry(t testing.TB, opt Options) *Registry {
+	r, err := Serve(opt)
+	if err != nil {
+		t.Fatalf("registry: %v", err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+// Serve starts a registry outside a test (benchmarks); Close stops it.
+func Serve(opt Options) (*Registry, error) {
 	r := &Registry{user: opt.User, pass: opt.Password, bearer: opt.Bearer,
 		corrupt: map[string]func([]byte) []byte{}, stall: map[string]chan struct{}{},
 		blobGets: map[string]int{}, stalledAt: make(chan string, 16)}
 	inner := registry.New(registry.Logger(nilLogger()))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("registry listener: %v", err)
+		return nil, err
 	}
 	r.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: r.handler(inner)}}
 	r.srv.Start()
 	r.Host = l.Addr().String()
-	t.Cleanup(func() {
-		r.mu.Lock()
-		for k, c := range r.stall {
-			close(c)
-			delete(r.stall, k)
-		}
-		r.mu.Unlock()
-		r.srv.CloseClientConnections()
-		r.srv.Close()
-	})
-	return r
+	return r, nil
+}
+
+// Close releases stalled downloads and stops the registry.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	for k, c := range r.stall {
+		close(c)
+		delete(r.stall, k)
+	}
+	r.mu.Unlock()
+	r.srv.CloseClientConnections()
+	r.srv.Close()
 }
 
 func (r *Registry) handler(inner http.Handler) http.Handler {
@@ -343,22 +355,26 @@ func (r *Registry) auth() remote.Option {
 	return remote.WithAuth(&authn.Basic{Username: r.user, Password: r.pass})
 }
 
-// Push stores img as repo:tag ("repo@" form not accepted) and returns the
-// manifest digest.
+// Push stores img as repo:tag and returns the manifest digest.
 func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) v1.Hash {
 	t.Helper()
-	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
-	if err != nil {
-		t.Fatalf("push %s: %v", repoTag, err)
-	}
-	if err := remote.Write(ref, img, r.auth(), remote.WithContext(context.Background())); err != nil {
-		t.Fatalf("push %s: %v", repoTag, err)
-	}
-	d, err := img.Digest()
+	d, err := r.PushImage(repoTag, img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// PushImage is Push outside a test.
+func (r *Registry) PushImage(repoTag string, img v1.Image) (v1.Hash, error) {
+	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", repoTag, err)
+	}
+	if err := remote.Write(ref, img, r.auth(), remote.WithContext(context.Background())); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", repoTag, err)
+	}
+	return img.Digest()
 }
 
 // PushIndex stores idx as repo:tag and returns the index digest.

@@ -69,7 +69,7 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 	}
 	var dirs []dirTimes
 	tr := tar.NewReader(r)
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, 64<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return st, err

@@ -11,7 +11,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -83,7 +85,12 @@ type Session struct {
 	ref     Ref
 	eps     []Endpoint
 	pullers []*remote.Puller
+	auths   []authn.Authenticator
+	rts     []http.RoundTripper
 	first   int
+
+	mu     sync.Mutex
+	blobRT map[int]http.RoundTripper // authenticated transports, made on first use
 }
 
 // Resolve finds ref's manifest for platform, trying the registry's mirrors
@@ -93,9 +100,13 @@ func (c *Client) Resolve(ctx context.Context, ref Ref, auth *Auth, platform Plat
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &Session{ref: ref, eps: eps, pullers: make([]*remote.Puller, len(eps))}
+	s := &Session{ref: ref, eps: eps, pullers: make([]*remote.Puller, len(eps)),
+		auths: make([]authn.Authenticator, len(eps)), rts: make([]http.RoundTripper, len(eps)),
+		blobRT: map[int]http.RoundTripper{}}
 	for i, ep := range eps {
-		s.pullers[i], err = c.puller(ctx, ref, ep, auth)
+		s.auths[i] = c.authenticator(ref, ep, auth)
+		s.rts[i] = ep.transport(c.base)
+		s.pullers[i], err = c.puller(ctx, s.rts[i], s.auths[i])
 		if err != nil {
 			return nil, nil, err
 		}
@@ -204,8 +215,9 @@ func selectPlatform(idx *v1.IndexManifest, want Platform) (v1.Descriptor, error)
 }
 
 // Blob opens a blob of the resolved image, from the endpoint that resolved
-// it, falling back to the other pull endpoints. The reader checks the
-// digest as it ends.
+// it, falling back to the other pull endpoints. The caller verifies the
+// digest (it hashes what it stores anyway, so hashing here too would only
+// cost a second pass).
 func (s *Session) Blob(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
 	var errs []error
 	for k := range s.eps {
@@ -213,29 +225,53 @@ func (s *Session) Blob(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
 		if !s.eps[i].Can("pull") {
 			continue
 		}
-		r, err := s.name(i, d.String())
-		if err != nil {
-			return nil, err
+		rc, err := s.blobAt(ctx, i, d)
+		if err == nil {
+			return rc, nil
 		}
-		l, err := s.pullers[i].Layer(ctx, r.(name.Digest))
-		if err != nil {
-			errs = append(errs, classify(err))
-			continue
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		rc, err := l.Compressed()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			errs = append(errs, fmt.Errorf("%s: %w", s.eps[i], classify(err)))
-			continue
-		}
-		return readCloser{rc}, nil
+		errs = append(errs, fmt.Errorf("%s: %w", s.eps[i], err))
 	}
 	if len(errs) == 0 {
 		return nil, fmt.Errorf("blob %s: no pull endpoint: %w", d, errdefs.ErrFailedPrecondition)
 	}
 	return nil, fmt.Errorf("blob %s: %w", d, mostSpecific(errs))
+}
+
+func (s *Session) blobAt(ctx context.Context, i int, d v1.Hash) (io.ReadCloser, error) {
+	r, err := s.name(i, d.String())
+	if err != nil {
+		return nil, err
+	}
+	repo := r.Context()
+	s.mu.Lock()
+	rt, ok := s.blobRT[i]
+	s.mu.Unlock()
+	if !ok {
+		rt, err = transport.NewWithContext(ctx, repo.Registry, s.auths[i], s.rts[i], []string{repo.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, classify(err)
+		}
+		s.mu.Lock()
+		s.blobRT[i] = rt
+		s.mu.Unlock()
+	}
+	u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: "/v2/" + repo.RepositoryStr() + "/blobs/" + d.String()}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+		resp.Body.Close()
+		return nil, classify(err)
+	}
+	return readCloser{resp.Body}, nil
 }
 
 // readCloser classifies errors met while reading a blob body.
@@ -266,9 +302,10 @@ func (s *Session) name(i int, identifier string) (name.Reference, error) {
 	return repo.Tag(identifier), nil
 }
 
-func (c *Client) puller(ctx context.Context, ref Ref, ep Endpoint, auth *Auth) (*remote.Puller, error) {
-	// Credentials from the request belong to the image's registry; a
-	// mirror gets only what the config file gives for its own host.
+// authenticator picks the credentials for one endpoint. Those from the
+// request belong to the image's registry; a mirror gets only what the
+// config file gives for its own host.
+func (c *Client) authenticator(ref Ref, ep Endpoint, auth *Auth) authn.Authenticator {
 	a := auth
 	if ep.Mirror || a.empty() {
 		if ca, ok := c.auths[ep.Host]; ok {
@@ -279,15 +316,18 @@ func (c *Client) puller(ctx context.Context, ref Ref, ep Endpoint, auth *Auth) (
 			a = nil
 		}
 	}
-	authenticator := authn.Anonymous
-	if !a.empty() {
-		authenticator = authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password,
-			Auth: a.Auth, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
+	if a.empty() {
+		return authn.Anonymous
 	}
+	return authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password,
+		Auth: a.Auth, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
+}
+
+func (c *Client) puller(ctx context.Context, rt http.RoundTripper, auth authn.Authenticator) (*remote.Puller, error) {
 	p, err := remote.NewPuller(
 		remote.WithContext(ctx),
-		remote.WithAuth(authenticator),
-		remote.WithTransport(ep.transport(c.base)),
+		remote.WithAuth(auth),
+		remote.WithTransport(rt),
 		remote.WithUserAgent(c.userAgent),
 		// Few, short retries: a pull that cannot reach its registry
 		// should say so while kubelet is still waiting.
