@@ -8,11 +8,18 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,12 +30,14 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -113,6 +122,53 @@ func LayerFromTar(tarBytes []byte) v1.Layer {
 	return l
 }
 
+// ZstdLayer is a zstd-compressed OCI layer of the given entries.
+func ZstdLayer(entries ...Entry) v1.Layer {
+	tb := Tar(entries...)
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(tb)), nil
+	}, tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// UncompressedLayer is an OCI layer stored as a plain tar (its digest and
+// diff ID are the same).
+func UncompressedLayer(entries ...Entry) v1.Layer {
+	return static.NewLayer(Tar(entries...), types.OCIUncompressedLayer)
+}
+
+// DockerImage is Image with Docker schema 2 media types throughout.
+func DockerImage(arch string, layers ...v1.Layer) v1.Image {
+	img := mutate.MediaType(empty.Image, types.DockerManifestSchema2)
+	img = mutate.ConfigMediaType(img, types.DockerConfigJSON)
+	for _, l := range layers {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{Layer: l, MediaType: types.DockerLayer})
+		if err != nil {
+			panic(err)
+		}
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		panic(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		panic(err)
+	}
+	return img
+}
+
+// DockerIndex is a Docker manifest list of images.
+func DockerIndex(imgs ...v1.Image) v1.ImageIndex {
+	return mutate.IndexMediaType(Index(imgs...), types.DockerManifestList)
+}
+
 // Image assembles layers into an OCI image for linux/arch, with user as its
 // config's User.
 func Image(arch, user string, layers ...v1.Layer) v1.Image {
@@ -168,6 +224,31 @@ type Registry struct {
 	blobGets  map[string]int
 	requests  atomic.Int64
 	stalledAt chan string
+	tls       bool
+}
+
+// selfSigned makes a certificate for ip.
+func selfSigned(ip net.IP) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tripod test registry"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{ip}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// CertPEM is the registry's certificate (TLS registries only).
+func (r *Registry) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.srv.Certificate().Raw})
 }
 
 // Options set up a registry's authentication.
@@ -176,6 +257,10 @@ type Options struct {
 	// through a token service on the same server when Bearer is set.
 	User, Password string
 	Bearer         bool
+	// TLS serves HTTPS on 127.0.0.2 with a self-signed certificate
+	// for that address (see CertPEM). Not 127.0.0.1: registry clients
+	// (go-containerregistry's among them) always speak plain HTTP to it.
+	TLS bool
 }
 
 // NewRegistry starts a registry, stopped when the test ends.
@@ -194,13 +279,28 @@ func Serve(opt Options) (*Registry, error) {
 		corrupt: map[string]func([]byte) []byte{}, stall: map[string]chan struct{}{},
 		blobGets: map[string]int{}, stalledAt: make(chan string, 16)}
 	inner := registry.New(registry.Logger(nilLogger()))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := "127.0.0.1:0"
+	if opt.TLS {
+		addr = "127.0.0.2:0"
+	}
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	r.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: r.handler(inner)}}
-	r.srv.Start()
+	r.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: r.handler(inner), ErrorLog: nilLogger()}}
+	if opt.TLS {
+		cert, err := selfSigned(net.ParseIP("127.0.0.2"))
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		r.srv.StartTLS()
+	} else {
+		r.srv.Start()
+	}
 	r.Host = l.Addr().String()
+	r.tls = opt.TLS
 	return r, nil
 }
 
@@ -348,6 +448,21 @@ func (r *Registry) BlobGets(d v1.Hash) int {
 // Requests is the number of HTTP requests served.
 func (r *Registry) Requests() int64 { return r.requests.Load() }
 
+func (r *Registry) opts() []remote.Option {
+	o := []remote.Option{r.auth(), remote.WithContext(context.Background())}
+	if r.tls {
+		o = append(o, remote.WithTransport(r.srv.Client().Transport))
+	}
+	return o
+}
+
+func (r *Registry) nameOpts() []name.Option {
+	if r.tls {
+		return nil
+	}
+	return []name.Option{name.Insecure}
+}
+
 func (r *Registry) auth() remote.Option {
 	if r.user == "" {
 		return remote.WithAuth(authn.Anonymous)
@@ -367,11 +482,11 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) v1.Hash {
 
 // PushImage is Push outside a test.
 func (r *Registry) PushImage(repoTag string, img v1.Image) (v1.Hash, error) {
-	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
+	ref, err := name.ParseReference(r.Host+"/"+repoTag, r.nameOpts()...)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", repoTag, err)
 	}
-	if err := remote.Write(ref, img, r.auth(), remote.WithContext(context.Background())); err != nil {
+	if err := remote.Write(ref, img, r.opts()...); err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", repoTag, err)
 	}
 	return img.Digest()
@@ -380,11 +495,11 @@ func (r *Registry) PushImage(repoTag string, img v1.Image) (v1.Hash, error) {
 // PushIndex stores idx as repo:tag and returns the index digest.
 func (r *Registry) PushIndex(t testing.TB, repoTag string, idx v1.ImageIndex) v1.Hash {
 	t.Helper()
-	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
+	ref, err := name.ParseReference(r.Host+"/"+repoTag, r.nameOpts()...)
 	if err != nil {
 		t.Fatalf("push %s: %v", repoTag, err)
 	}
-	if err := remote.WriteIndex(ref, idx, r.auth()); err != nil {
+	if err := remote.WriteIndex(ref, idx, r.opts()...); err != nil {
 		t.Fatalf("push %s: %v", repoTag, err)
 	}
 	d, err := idx.Digest()

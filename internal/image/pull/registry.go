@@ -363,9 +363,9 @@ func classify(err error) error {
 			return errdefs.Wrap(errdefs.ErrNotFound, err)
 		case te.StatusCode == http.StatusTooManyRequests:
 			return errdefs.Wrap(errdefs.ErrResourceExhausted, err)
-		case te.StatusCode >= 400 && te.StatusCode < 500:
-			return errdefs.Wrap(errdefs.ErrInvalidArgument, err)
 		}
+		// Anything else (a 400 from an HTTPS port spoken to in plain
+		// HTTP, 5xx): the registry cannot serve us as configured.
 		return errdefs.Wrap(errdefs.ErrUnavailable, err)
 	}
 	// go-containerregistry's verification errors are plain strings.
