@@ -62,6 +62,8 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 		return st, fmt.Errorf("open layer dir: %w", err)
 	}
 	defer root.Close()
+	pc := &parentCache{root: root}
+	defer pc.drop()
 
 	type dirTimes struct {
 		name  string
@@ -85,160 +87,160 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 		if err != nil {
 			return st, err
 		}
-		base := path.Base(name)
-		parent := path.Dir(name)
+		if name == "." {
+			if hdr.Typeflag == tar.TypeDir {
+				if err := root.Lchown(".", hdr.Uid, hdr.Gid); err != nil {
+					return st, entryErr(hdr.Name, err)
+				}
+				if err := root.Chmod(".", hdr.FileInfo().Mode()&modeBits); err != nil {
+					return st, entryErr(hdr.Name, err)
+				}
+				dirs = append(dirs, dirTimes{".", hdr.ModTime})
+			}
+			continue
+		}
+		base, parent := path.Base(name), path.Dir(name)
+		// This entry may replace a directory the cache holds open.
+		pc.invalidate(name)
 
 		// Whiteouts: OCI marks deletions with files; overlayfs wants a
 		// 0/0 character device, or an xattr for an opaque directory.
 		if strings.HasPrefix(base, whiteoutPrefix) {
-			if err := root.MkdirAll(parent, 0o755); err != nil {
+			pdir, pfd, err := pc.get(parent)
+			if err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			if base == opaqueMarker {
-				if err := withDir(root, parent, func(fd int) error {
-					return unix.Fsetxattr(fd, overlayOpaque, []byte("y"), 0)
-				}); err != nil {
+				if err := unix.Fsetxattr(int(pfd.Fd()), overlayOpaque, []byte("y"), 0); err != nil {
 					return st, entryErr(hdr.Name, fmt.Errorf("mark opaque: %w", err))
 				}
 				continue
 			}
 			target := strings.TrimPrefix(base, whiteoutPrefix)
-			if target == "" || target == "." || target == ".." {
+			if target == "" || target == "." || target == ".." || strings.Contains(target, "/") {
 				return st, entryErr(hdr.Name, fmt.Errorf("bad whiteout: %w", ErrUnsafe))
 			}
-			tname := path.Join(parent, target)
-			if err := clear(root, tname); err != nil {
+			if path.Join(parent, target) == pc.name || strings.HasPrefix(pc.name, path.Join(parent, target)+"/") {
+				return st, entryErr(hdr.Name, fmt.Errorf("whiteout of its own directory: %w", ErrUnsafe))
+			}
+			if err := clear(pdir, target); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
-			if err := withDir(root, parent, func(fd int) error {
-				return unix.Mknodat(fd, target, unix.S_IFCHR, 0)
-			}); err != nil {
+			if err := unix.Mknodat(int(pfd.Fd()), target, unix.S_IFCHR, 0); err != nil {
 				return st, entryErr(hdr.Name, fmt.Errorf("whiteout: %w", err))
 			}
 			st.Inodes++
 			continue
 		}
 
-		if name != "." {
-			if err := root.MkdirAll(parent, 0o755); err != nil {
-				return st, entryErr(hdr.Name, err)
-			}
+		pdir, pfd, err := pc.get(parent)
+		if err != nil {
+			return st, entryErr(hdr.Name, err)
 		}
-		mode := hdr.FileInfo().Mode()
+		mode := hdr.FileInfo().Mode() & modeBits
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if fi, err := root.Lstat(name); err == nil && !fi.IsDir() {
-				if err := root.Remove(name); err != nil {
+			if fi, err := pdir.Lstat(base); err == nil && !fi.IsDir() {
+				if err := pdir.Remove(base); err != nil {
 					return st, entryErr(hdr.Name, err)
 				}
 			}
-			if name != "." {
-				if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-					return st, entryErr(hdr.Name, err)
-				}
-				st.Inodes++
+			if err := pdir.Mkdir(base, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+				return st, entryErr(hdr.Name, err)
+			}
+			st.Inodes++
+			if err := pdir.Lchown(base, hdr.Uid, hdr.Gid); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
+			if err := pdir.Chmod(base, mode); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
+			if n, err := setXattrs(pdir, base, hdr); err != nil {
+				return st, entryErr(hdr.Name, err)
+			} else {
+				st.Skipped += n
 			}
 			dirs = append(dirs, dirTimes{name, hdr.ModTime})
 		case tar.TypeReg, tar.TypeGNUSparse:
-			if err := clear(root, name); err != nil {
+			if err := clear(pdir, base); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			// O_EXCL: never open through whatever might sit at the name.
-			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			f, err := pdir.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 			if err != nil {
 				return st, entryErr(hdr.Name, content.Classify(err))
 			}
-			n, err := io.CopyBuffer(f, io.LimitReader(tr, hdr.Size), buf)
-			if (err == nil && n != hdr.Size) || errors.Is(err, io.ErrUnexpectedEOF) {
-				err = errdefs.Wrap(errdefs.ErrDataLoss, io.ErrUnexpectedEOF)
-			}
+			err = writeFile(ctx, f, tr, hdr, buf)
 			if cerr := f.Close(); err == nil {
-				err = cerr
+				err = content.Classify(cerr)
 			}
 			if err != nil {
-				// Not a disk problem: then the stream was bad.
-				if err = content.Classify(err); errdefs.Kind(err) == nil && ctx.Err() == nil {
-					err = errdefs.Wrap(errdefs.ErrDataLoss, err)
-				}
 				return st, entryErr(hdr.Name, err)
 			}
 			st.Bytes += hdr.Size
 			st.Inodes++
+			st.Skipped += xattrSkips(hdr)
 		case tar.TypeSymlink:
-			if err := clear(root, name); err != nil {
+			if err := clear(pdir, base); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			// The target is stored, never resolved here: it means
 			// something only inside the container's root.
-			if err := root.Symlink(hdr.Linkname, name); err != nil {
+			if err := pdir.Symlink(hdr.Linkname, base); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			st.Inodes++
+			if err := pdir.Lchown(base, hdr.Uid, hdr.Gid); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
+			ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+			if err := unix.UtimesNanoAt(int(pfd.Fd()), base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
 		case tar.TypeLink:
 			target, err := cleanName(hdr.Linkname)
 			if err != nil {
 				return st, err
 			}
-			if err := clear(root, name); err != nil {
+			if err := clear(pdir, base); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
+			// A hardlink shares its target's inode and metadata. The
+			// target is resolved from the layer root, inside it.
 			if err := root.Link(target, name); err != nil {
 				return st, entryErr(hdr.Name, fmt.Errorf("hardlink to %q: %w", hdr.Linkname, errdefs.Wrap(errdefs.ErrInvalidArgument, err)))
 			}
-			// A hardlink shares the inode: its metadata is its target's.
-			continue
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 			if hdr.Typeflag != tar.TypeFifo && !opt.AllowDeviceNodes {
 				st.Skipped++
 				continue
 			}
-			if err := clear(root, name); err != nil {
+			if err := clear(pdir, base); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 			dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-			if err := withDir(root, parent, func(fd int) error {
-				return unix.Mknodat(fd, base, kind|0o600, int(dev))
-			}); err != nil {
+			if err := unix.Mknodat(int(pfd.Fd()), base, kind|0o600, int(dev)); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
 			st.Inodes++
-		case tar.TypeXGlobalHeader:
-			continue
+			if err := pdir.Lchown(base, hdr.Uid, hdr.Gid); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
+			if err := pdir.Chmod(base, mode); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
+			if err := pdir.Chtimes(base, hdr.ModTime, hdr.ModTime); err != nil {
+				return st, entryErr(hdr.Name, err)
+			}
 		default:
-			st.Skipped++
-			continue
-		}
-
-		if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
-			return st, entryErr(hdr.Name, err)
-		}
-		if hdr.Typeflag == tar.TypeSymlink {
-			if err := withDir(root, parent, func(fd int) error {
-				ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
-				return unix.UtimesNanoAt(fd, base, ts, unix.AT_SYMLINK_NOFOLLOW)
-			}); err != nil {
-				return st, entryErr(hdr.Name, err)
-			}
-			continue
-		}
-		// After chown, which clears setuid bits.
-		if err := root.Chmod(name, mode&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
-			return st, entryErr(hdr.Name, err)
-		}
-		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeDir {
-			n, err := setXattrs(root, name, hdr)
-			if err != nil {
-				return st, entryErr(hdr.Name, err)
-			}
-			st.Skipped += n
-		}
-		if hdr.Typeflag != tar.TypeDir {
-			if err := root.Chtimes(name, hdr.ModTime, hdr.ModTime); err != nil {
-				return st, entryErr(hdr.Name, err)
+			// Global headers and unknown types carry nothing to create.
+			if hdr.Typeflag != tar.TypeXGlobalHeader {
+				st.Skipped++
 			}
 		}
 	}
+	pc.drop()
 	// Directory times last: creating children changed them.
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if err := root.Chtimes(dirs[i].name, dirs[i].mtime, dirs[i].mtime); err != nil {
@@ -246,6 +248,86 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 		}
 	}
 	return st, nil
+}
+
+const modeBits = os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky
+
+// writeFile fills a new regular file and sets its metadata through its
+// descriptor: no path is resolved twice.
+func writeFile(ctx context.Context, f *os.File, tr io.Reader, hdr *tar.Header, buf []byte) error {
+	n, err := io.CopyBuffer(f, io.LimitReader(tr, hdr.Size), buf)
+	if (err == nil && n != hdr.Size) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = errdefs.Wrap(errdefs.ErrDataLoss, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		// Not a disk problem: then the stream was bad.
+		if err = content.Classify(err); errdefs.Kind(err) == nil && ctx.Err() == nil {
+			err = errdefs.Wrap(errdefs.ErrDataLoss, err)
+		}
+		return err
+	}
+	if err := f.Chown(hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	// After chown, which clears setuid bits.
+	if err := f.Chmod(hdr.FileInfo().Mode() & modeBits); err != nil {
+		return err
+	}
+	for attr, v := range allowedXattrs(hdr) {
+		if err := unix.Fsetxattr(int(f.Fd()), attr, []byte(v), 0); err != nil {
+			return fmt.Errorf("xattr %s: %w", attr, err)
+		}
+	}
+	tv := unix.NsecToTimeval(hdr.ModTime.UnixNano())
+	return unix.Futimes(int(f.Fd()), []unix.Timeval{tv, tv})
+}
+
+// parentCache holds the directory the last entry went into, so runs of
+// entries in one directory resolve its path once instead of per call.
+type parentCache struct {
+	root *os.Root
+	name string
+	dir  *os.Root
+	fd   *os.File
+}
+
+func (c *parentCache) get(parent string) (*os.Root, *os.File, error) {
+	if c.dir != nil && c.name == parent {
+		return c.dir, c.fd, nil
+	}
+	c.drop()
+	if parent != "." {
+		if err := c.root.MkdirAll(parent, 0o755); err != nil {
+			return nil, nil, err
+		}
+	}
+	d, err := c.root.OpenRoot(parent)
+	if err != nil {
+		return nil, nil, err
+	}
+	fd, err := d.Open(".")
+	if err != nil {
+		d.Close()
+		return nil, nil, err
+	}
+	c.dir, c.fd, c.name = d, fd, parent
+	return d, fd, nil
+}
+
+// invalidate forgets the cached directory if name is it or one of its
+// ancestors: the entry about to be applied may replace it.
+func (c *parentCache) invalidate(name string) {
+	if c.dir != nil && (c.name == name || strings.HasPrefix(c.name, name+"/")) {
+		c.drop()
+	}
+}
+
+func (c *parentCache) drop() {
+	if c.dir != nil {
+		c.fd.Close()
+		c.dir.Close()
+		c.dir, c.fd, c.name = nil, nil, ""
+	}
 }
 
 // cleanName turns a tar name into a path relative to the layer root.
@@ -273,13 +355,10 @@ func cleanName(name string) (string, error) {
 	return path.Clean(n), nil
 }
 
-// clear removes whatever is at name unless it is a directory, so the entry
-// that follows replaces it rather than going through it.
-func clear(root *os.Root, name string) error {
-	if name == "." {
-		return nil
-	}
-	fi, err := root.Lstat(name)
+// clear removes whatever is at name in dir unless it is a directory, so
+// the entry that follows replaces it rather than going through it.
+func clear(dir *os.Root, name string) error {
+	fi, err := dir.Lstat(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -287,54 +366,55 @@ func clear(root *os.Root, name string) error {
 		return err
 	}
 	if fi.IsDir() {
-		return root.RemoveAll(name)
+		return dir.RemoveAll(name)
 	}
-	return root.Remove(name)
+	return dir.Remove(name)
 }
 
-// withDir runs fn with a descriptor of the directory dir inside root, for
-// the calls os.Root has no method for (mknod, xattrs, symlink times).
-func withDir(root *os.Root, dir string, fn func(fd int) error) error {
-	f, err := root.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s: not a directory", dir)
-	}
-	return fn(int(f.Fd()))
-}
-
-// setXattrs applies the extended attributes a layer may carry: user.* and
-// file capabilities. Others (trusted.overlay.* above all, which would let a
-// layer forge overlay metadata) are skipped and counted.
-func setXattrs(root *os.Root, name string, hdr *tar.Header) (skipped int64, err error) {
+// allowedXattrs are the extended attributes a layer may carry: user.* and
+// file capabilities. Others (trusted.overlay.* above all, which would let
+// a layer forge overlay metadata) are skipped.
+func allowedXattrs(hdr *tar.Header) map[string]string {
 	const prefix = "SCHILY.xattr."
+	var out map[string]string
 	for k, v := range hdr.PAXRecords {
-		if !strings.HasPrefix(k, prefix) {
-			continue
-		}
-		attr := strings.TrimPrefix(k, prefix)
-		if !strings.HasPrefix(attr, "user.") && attr != "security.capability" {
-			skipped++
-			continue
-		}
-		f, err := root.Open(name)
-		if err != nil {
-			return skipped, err
-		}
-		err = unix.Fsetxattr(int(f.Fd()), attr, []byte(v), 0)
-		f.Close()
-		if err != nil {
-			return skipped, fmt.Errorf("xattr %s: %w", attr, err)
+		attr, ok := strings.CutPrefix(k, prefix)
+		if ok && (strings.HasPrefix(attr, "user.") || attr == "security.capability") {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[attr] = v
 		}
 	}
-	return skipped, nil
+	return out
+}
+
+func xattrSkips(hdr *tar.Header) int64 {
+	n := 0
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") {
+			n++
+		}
+	}
+	return int64(n - len(allowedXattrs(hdr)))
+}
+
+// setXattrs applies a directory's allowed xattrs and counts the skipped.
+func setXattrs(dir *os.Root, name string, hdr *tar.Header) (skipped int64, err error) {
+	attrs := allowedXattrs(hdr)
+	if len(attrs) > 0 {
+		f, err := dir.Open(name)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		for attr, v := range attrs {
+			if err := unix.Fsetxattr(int(f.Fd()), attr, []byte(v), 0); err != nil {
+				return 0, fmt.Errorf("xattr %s: %w", attr, err)
+			}
+		}
+	}
+	return xattrSkips(hdr), nil
 }
 
 func entryErr(name string, err error) error {
