@@ -49,6 +49,9 @@ func main() {
 type result struct {
 	seconds float64
 	peakKB  int64
+	// anonKB and fileKB split the RSS at the end of the pull: heap and
+	// stacks versus the binary's and libraries' pages.
+	anonKB, fileKB int64
 }
 
 func run(rounds, mb, nlayers int) error {
@@ -98,7 +101,8 @@ func run(rounds, mb, nlayers int) error {
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", i+1, who, err)
 			}
-			fmt.Printf("round %d  %-10s  %6.2fs  peak RSS %6.1f MB\n", i+1, who, r.seconds, float64(r.peakKB)/1024)
+			fmt.Printf("round %d  %-10s  %6.2fs  peak RSS %6.1f MB  (after: anon %5.1f MB, file %5.1f MB)\n", i+1, who, r.seconds,
+				float64(r.peakKB)/1024, float64(r.anonKB)/1024, float64(r.fileKB)/1024)
 		}
 	}
 	tt, tm := medians(tri)
@@ -213,22 +217,28 @@ func measure(cmd *exec.Cmd, sock, ref string) (result, error) {
 		return result{}, fmt.Errorf("pull: %w\n%s", err, log.String())
 	}
 	r := result{seconds: time.Since(start).Seconds()}
-	r.peakKB, err = vmHWM(pid)
+	st, err := procStatus(pid)
+	r.peakKB, r.anonKB, r.fileKB = st["VmHWM"], st["RssAnon"], st["RssFile"]
+	if r.peakKB == 0 {
+		return r, fmt.Errorf("no VmHWM for %d", pid)
+	}
 	return r, err
 }
 
-func vmHWM(pid int) (int64, error) {
+// procStatus reads the kB fields of /proc/PID/status.
+func procStatus(pid int) (map[string]int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	out := map[string]int64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			f := strings.Fields(line)
-			return strconv.ParseInt(f[1], 10, 64)
+		k, v, ok := strings.Cut(line, ":")
+		if f := strings.Fields(v); ok && len(f) == 2 && f[1] == "kB" {
+			out[k], _ = strconv.ParseInt(f[0], 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM for %d", pid)
+	return out, nil
 }
 
 func freshDir() (string, func(), error) {

@@ -151,6 +151,16 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 	// Layers: up to MaxDownloads at once; the first failure cancels the rest.
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Flush finished layers to disk while the others still download, so
+	// the sync before the record finds little left to write. Its errors
+	// are the final sync's to report.
+	flush, flushed := make(chan struct{}, 1), make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for range flush {
+			s.layers.Sync()
+		}
+	}()
 	sem := make(chan struct{}, s.opt.MaxDownloads)
 	stats := make([]*layer.Stats, len(m.Layers))
 	errs := make([]error, len(m.Layers))
@@ -176,9 +186,15 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 			s.progressMu.Lock()
 			p.DoneLayers++
 			s.progressMu.Unlock()
+			select {
+			case flush <- struct{}{}:
+			default:
+			}
 		}()
 	}
 	wg.Wait()
+	close(flush)
+	<-flushed
 	if err := firstError(errs); err != nil {
 		return Image{}, fmt.Errorf("%s: %w", label, err)
 	}

@@ -120,9 +120,6 @@ func Apply(ctx context.Context, r io.Reader, dir string, opt Options) (Stats, er
 			if target == "" || target == "." || target == ".." || strings.Contains(target, "/") {
 				return st, entryErr(hdr.Name, fmt.Errorf("bad whiteout: %w", ErrUnsafe))
 			}
-			if path.Join(parent, target) == pc.name || strings.HasPrefix(pc.name, path.Join(parent, target)+"/") {
-				return st, entryErr(hdr.Name, fmt.Errorf("whiteout of its own directory: %w", ErrUnsafe))
-			}
 			if err := clear(pdir, target); err != nil {
 				return st, entryErr(hdr.Name, err)
 			}
