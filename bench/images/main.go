@@ -180,7 +180,7 @@ func measure(cmd *exec.Cmd, sock, ref string) (result, error) {
 	}
 	pid := cmd.Process.Pid
 	defer func() {
-		syscall.Kill(pid, syscall.SIGKILL)
+		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 	}()
 	deadline := time.Now().Add(60 * time.Second)

@@ -69,7 +69,7 @@ func startNode(t *testing.T) node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		if t.Failed() {
 			t.Logf("tripodd log:\n%s", log.String())

@@ -124,12 +124,10 @@ func startDaemon(t *testing.T, n node, extra ...string) *daemonProc {
 	}
 }
 
-// kill sends SIGKILL to this daemon's PID and reaps it.
+// kill sends SIGKILL to this daemon (through its process handle, a pidfd,
+// so never to a reused PID) and waits until it is reaped.
 func (p *daemonProc) kill() {
-	if p.cmd.ProcessState != nil {
-		return
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL)
+	p.cmd.Process.Signal(syscall.SIGKILL)
 	err := <-p.done
 	p.done <- err
 }
@@ -137,7 +135,7 @@ func (p *daemonProc) kill() {
 // stop asks the daemon to exit (SIGTERM) and waits.
 func (p *daemonProc) stop(t *testing.T) {
 	t.Helper()
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
+	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
 		p.done <- err
@@ -227,6 +225,11 @@ func TestSideBySide(t *testing.T) {
 	for _, n := range []node{a, b} {
 		if _, err := client(t, n).ListImages(testCtx(t), &runtimeapi.ListImagesRequest{}); err != nil {
 			t.Fatal(err)
+		}
+		for sock, mode := range map[string]os.FileMode{n.sock: 0o660, filepath.Join(n.state, "admin.sock"): 0o600} {
+			if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != mode {
+				t.Fatalf("%s: %v %v, want mode %o", sock, fi.Mode(), err, mode)
+			}
 		}
 	}
 	c := b

@@ -88,6 +88,14 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 	if m == nil {
 		return Image{}, fmt.Errorf("%s: no manifest: %w", label, errdefs.ErrInvalidArgument)
 	}
+	// Registered first so it ends last: a pull leaves Pulls only once its
+	// cleanup is done.
+	p := &Progress{Image: label, Started: time.Now(), TotalLayers: len(m.Layers)}
+	for _, l := range m.Layers {
+		p.TotalBytes += l.Size
+	}
+	defer s.track(p)()
+
 	keys := []string{ms.manifestDigest.String(), m.Config.Digest.String()}
 	if len(ms.index) > 0 {
 		keys = append(keys, ms.indexDigest.String())
@@ -135,13 +143,6 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 		lkeys[i] = "layer:" + c.String()
 	}
 	defer s.lease(lkeys...)()
-
-	p := &Progress{Image: label, Started: time.Now(), TotalLayers: len(m.Layers)}
-	for _, l := range m.Layers {
-		p.TotalBytes += l.Size
-	}
-	stop := s.track(p)
-	defer stop()
 
 	for i, l := range m.Layers {
 		if !l.MediaType.IsLayer() {

@@ -363,3 +363,38 @@ func TestDiskFull(t *testing.T) {
 	reg.Push(t, "full/small:1", small)
 	e.mustPull(reg.Host + "/full/small:1")
 }
+
+// TestRemoveDuringPull: removing an image while another pull is using its
+// layers keeps those layers (the pull holds them) and frees the rest.
+func TestRemoveDuringPull(t *testing.T) {
+	reg := imagetest.NewRegistry(t, imagetest.Options{})
+	base := imagetest.Layer(imagetest.Entry{Name: "base", Body: "shared base"})
+	onlyA := imagetest.Layer(imagetest.Entry{Name: "a", Body: "a"})
+	bigB := imagetest.Layer(imagetest.Entry{Name: "b", Size: 2 << 20})
+	reg.Push(t, "r/a:1", imagetest.Image(runtime.GOARCH, "", base, onlyA))
+	reg.Push(t, "r/b:1", imagetest.Image(runtime.GOARCH, "", base, bigB))
+	release := reg.Stall(layerDigest(t, bigB))
+	defer release()
+	e := start(t, nil)
+	e.mustPull(reg.Host + "/r/a:1")
+
+	errc := make(chan error, 1)
+	go func() { _, err := e.pull(reg.Host+"/r/b:1", nil); errc <- err }()
+	<-reg.Stalled()
+	e.remove(reg.Host + "/r/a:1") // GC runs while b holds the base layer
+	release()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	dirs := layerDirs(t, e, reg.Host+"/r/b:1")
+	if b, err := os.ReadFile(filepath.Join(dirs[0], "base")); err != nil || string(b) != "shared base" {
+		t.Fatalf("shared layer lost: %q %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dirs[1], "b")); err != nil || fi.Size() != 2<<20 {
+		t.Fatalf("b layer: %v %v", fi, err)
+	}
+	blobs, layers, _ := e.storeFiles()
+	if len(layers) != 2 || len(blobs) != 4 { // 2 layers + config + manifest
+		t.Fatalf("store holds more than b: blobs %v layers %v", blobs, layers)
+	}
+}
