@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"archive/tar"
+	"encoding/json"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -150,4 +151,55 @@ func TestKill9MidPull(t *testing.T) {
 		t.Fatalf("after rmi: %d bytes in %v, want %d", usage, files, before)
 	}
 	d2.stop(t)
+}
+
+// TestRepairDropsIncompleteImage: an image whose layer vanished while the
+// daemon was down is removed at start (and only it); pulling it again works.
+func TestRepairDropsIncompleteImage(t *testing.T) {
+	reg := imagetest.NewRegistry(t, imagetest.Options{})
+	broken, _ := image3("broken")
+	intact := imagetest.Image(runtime.GOARCH, "", imagetest.Layer(imagetest.Entry{Name: "intact", Body: "yes"}))
+	reg.Push(t, "r/broken:1", broken)
+	reg.Push(t, "r/intact:1", intact)
+	n := newNode(t)
+	d := startDaemon(t, n)
+	c := client(t, n)
+	for _, ref := range []string{"/r/broken:1", "/r/intact:1"} {
+		if _, err := c.PullImage(testCtx(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: reg.Host + ref}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.ImageStatus(testCtx(t), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: reg.Host + "/r/broken:1"}, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct{ LayerDirs []string }
+	if err := json.Unmarshal([]byte(st.Info["info"]), &info); err != nil || len(info.LayerDirs) != 3 {
+		t.Fatalf("info: %v %v", info, err)
+	}
+	d.stop(t)
+	if err := os.RemoveAll(info.LayerDirs[1]); err != nil {
+		t.Fatal(err)
+	}
+
+	d2 := startDaemon(t, n)
+	c2 := client(t, n)
+	if log := d2.log.String(); !strings.Contains(log, "removing incomplete image") || !strings.Contains(log, "missing") {
+		t.Fatalf("repair not logged:\n%s", log)
+	}
+	list, err := c2.ListImages(testCtx(t), &runtimeapi.ListImagesRequest{})
+	if err != nil || len(list.Images) != 1 || list.Images[0].RepoTags[0] != reg.Host+"/r/intact:1" {
+		t.Fatalf("after repair: %v %v", list, err)
+	}
+	for _, dir := range []string{info.LayerDirs[0], info.LayerDirs[2]} {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("layer %s of the dropped image not collected: %v", dir, err)
+		}
+	}
+	if _, err := c2.PullImage(testCtx(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: reg.Host + "/r/broken:1"}}); err != nil {
+		t.Fatalf("pull again: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(info.LayerDirs[1], "usr/bin/app")); err != nil {
+		t.Fatalf("layer not restored: %v", err)
+	}
 }

@@ -6,7 +6,6 @@ package image
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -395,8 +394,12 @@ func (s *Service) resolve(ref string) (string, error) {
 }
 
 func isHex(s string) bool {
-	_, err := hex.DecodeString(s)
-	return err == nil || (len(s)%2 == 1 && isHex(s[:len(s)-1]))
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func (s *Service) wrap(img store.Image) Image {
