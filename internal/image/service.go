@@ -45,6 +45,11 @@ type Options struct {
 	UserAgent string
 	Logger    *slog.Logger
 	Metrics   *metrics.Registry
+	// LayersInUse, if set, returns the chain IDs that containers' root
+	// filesystems use (the runtime service's answer); GC keeps them even
+	// when their image is gone, as overlay mounts still stack on them.
+	// New's start-up repair calls it too: it must answer before New.
+	LayersInUse func() map[string]bool
 }
 
 // Service is the image store and puller.
@@ -269,6 +274,11 @@ func (s *Service) GC(ctx context.Context) (GCResult, error) {
 		}
 		for _, l := range img.Layers {
 			layers[l.ChainID] = true
+		}
+	}
+	if s.opt.LayersInUse != nil {
+		for id := range s.opt.LayersInUse() {
+			layers[id] = true
 		}
 	}
 	committed, err := s.db.Layers()
