@@ -18,6 +18,9 @@ import (
 	"github.com/tripod-dev/tripod/internal/image/store"
 )
 
+// maxConfigSize bounds an image config, which is read into memory.
+const maxConfigSize = 16 << 20
+
 // source hands out the blobs of one image: a registry session, or an
 // archive being imported.
 type source interface {
@@ -116,14 +119,20 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 	}()
 
 	// Config first: it holds the diff IDs the layers are checked against.
-	rc, err := src.Blob(ctx, m.Config.Digest)
-	if err != nil {
-		return Image{}, fmt.Errorf("%s: config: %w", label, err)
+	// It is read whole, so its size is bounded.
+	if m.Config.Size < 0 || m.Config.Size > maxConfigSize {
+		return Image{}, fmt.Errorf("%s: config of %d bytes (at most %d): %w", label, m.Config.Size, maxConfigSize, errdefs.ErrInvalidArgument)
 	}
-	err = s.content.Write(ctx, m.Config.Digest, m.Config.Size, rc, nil)
-	rc.Close()
-	if err != nil {
-		return Image{}, fmt.Errorf("%s: config: %w", label, err)
+	if !s.content.Has(m.Config.Digest, m.Config.Size) {
+		rc, err := src.Blob(ctx, m.Config.Digest)
+		if err != nil {
+			return Image{}, fmt.Errorf("%s: config: %w", label, err)
+		}
+		err = s.content.Write(ctx, m.Config.Digest, m.Config.Size, rc, nil)
+		rc.Close()
+		if err != nil {
+			return Image{}, fmt.Errorf("%s: config: %w", label, err)
+		}
 	}
 	rawCfg, err := s.content.ReadAll(m.Config.Digest)
 	if err != nil {
