@@ -1,6 +1,6 @@
 // tripod is the node's command line for tripodd. Image commands:
 //
-//	tripod images pull [--creds USER:PASS] REF     pull through the CRI, with a progress bar
+//	tripod images pull [--creds USER:PASS] REF     pull through the CRI, showing progress
 //	tripod images ls                               list images (CRI)
 //	tripod images import FILE|DIR|-                import an OCI layout (dir or tar) or a docker-archive
 //	tripod images export [--format oci|docker] -o FILE REF...
@@ -323,7 +323,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// bar draws a one-line progress bar on a terminal, and nothing otherwise.
+// bar shows progress: a one-line bar redrawn in place on a terminal, or a
+// plain line every few seconds otherwise (logs, CI).
 type bar struct {
 	w    *os.File
 	tty  bool
@@ -336,20 +337,32 @@ func newBar(w *os.File) *bar {
 }
 
 func (b *bar) show(what string, done, total int64, since time.Time) {
-	if !b.tty || time.Since(b.last) < 100*time.Millisecond {
+	every := 100 * time.Millisecond
+	if !b.tty {
+		every = 2 * time.Second
+	}
+	if time.Since(b.last) < every {
 		return
 	}
 	b.last = time.Now()
-	rate := float64(done) / time.Since(since).Seconds()
+	rate := human(int64(float64(done)/time.Since(since).Seconds())) + "/s"
+	if !b.tty {
+		if total > 0 {
+			fmt.Fprintf(b.w, "%s/%s %s %s\n", human(done), human(total), what, rate)
+		} else {
+			fmt.Fprintf(b.w, "%s %s %s\n", what, human(done), rate)
+		}
+		return
+	}
 	if total <= 0 {
-		fmt.Fprintf(b.w, "\r\033[K%s %s  %s/s", what, human(done), human(int64(rate)))
+		fmt.Fprintf(b.w, "\r\033[K%s %s  %s", what, human(done), rate)
 		return
 	}
 	const width = 30
 	fill := int(float64(width) * float64(done) / float64(total))
 	fill = min(max(fill, 0), width)
-	fmt.Fprintf(b.w, "\r\033[K[%s%s] %3.0f%% %s/%s %s  %s/s", strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
-		100*float64(done)/float64(total), human(done), human(total), what, human(int64(rate)))
+	fmt.Fprintf(b.w, "\r\033[K[%s%s] %3.0f%% %s/%s %s  %s", strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
+		100*float64(done)/float64(total), human(done), human(total), what, rate)
 }
 
 func (b *bar) clear() {

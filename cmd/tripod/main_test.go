@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -199,5 +200,48 @@ func TestImportLayoutDir(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(n.root, "images/content/ingest")); len(ents) != 0 {
 		t.Fatalf("import left %v", ents)
+	}
+}
+
+// TestPullShowsProgress: a pull held mid-layer reports its progress (as
+// plain lines, stderr not being a terminal) before it completes.
+func TestPullShowsProgress(t *testing.T) {
+	reg := imagetest.NewRegistry(t, imagetest.Options{})
+	img := testImage("progress")
+	reg.Push(t, "cli/slow:1", img)
+	layers, _ := img.Layers()
+	d, _ := layers[1].Digest()
+	release := reg.Stall(d)
+	defer release()
+	n := startNode(t)
+	cmd := exec.Command(tripod, "--endpoint", "unix://"+n.sock, "--admin", filepath.Join(n.state, "admin.sock"), "images", "pull", reg.Host+"/cli/slow:1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() })
+	<-reg.Stalled()
+	buf := make([]byte, 4096)
+	var got string
+	for !strings.Contains(got, "1/2 layers") {
+		k, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("no progress line before the pull ended: %q %v", got, err)
+		}
+		got += string(buf[:k])
+	}
+	release()
+	io.Copy(io.Discard, stderr)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	cfg, _ := img.ConfigName()
+	if strings.TrimSpace(stdout.String()) != cfg.String() {
+		t.Fatalf("stdout %q", stdout.String())
 	}
 }
