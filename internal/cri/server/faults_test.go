@@ -140,6 +140,18 @@ func TestAuth(t *testing.T) {
 				t.Fatalf("auth field: %v", err)
 			}
 			e.remove(ref)
+			if bearer {
+				if _, err := e.pull(ref, &runtimeapi.AuthConfig{IdentityToken: reg.IdentityToken()}); err != nil {
+					t.Fatalf("identity token: %v", err)
+				}
+				e.remove(ref)
+				if _, err := e.pull(ref, &runtimeapi.AuthConfig{RegistryToken: reg.Token()}); err != nil {
+					t.Fatalf("registry token: %v", err)
+				}
+				e.remove(ref)
+				_, err := e.pull(ref, &runtimeapi.AuthConfig{IdentityToken: "stolen"})
+				wantCode(t, err, codes.PermissionDenied)
+			}
 
 			// Credentials from the config file.
 			e2 := start(t, func(c *config.Config) {

@@ -396,8 +396,27 @@ func (r *Registry) validToken() string {
 	return base64.RawURLEncoding.EncodeToString([]byte("token-for-" + r.user))
 }
 
-// token is a minimal token service: Basic credentials in, bearer token out.
+// IdentityToken is the OAuth2 refresh token the token service accepts (as
+// a CRI identity_token), and Token the bearer token it hands out (usable
+// directly as a CRI registry_token).
+func (r *Registry) IdentityToken() string { return "refresh-for-" + r.user }
+
+// Token is the registry's bearer token.
+func (r *Registry) Token() string { return r.validToken() }
+
+// token is a minimal token service: Basic credentials (GET) or an OAuth2
+// refresh token (POST) in, bearer token out.
 func (r *Registry) token(w http.ResponseWriter, req *http.Request) {
+	if req.Method == http.MethodPost {
+		if req.ParseForm() != nil || req.PostForm.Get("grant_type") != "refresh_token" || req.PostForm.Get("refresh_token") != r.IdentityToken() {
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"bad refresh token"}]}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":%q,"expires_in":300}`, r.validToken())
+		return
+	}
 	u, p, ok := req.BasicAuth()
 	if !ok || u != r.user || p != r.pass {
 		w.WriteHeader(http.StatusUnauthorized)
