@@ -265,11 +265,18 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 // ensureLayer makes sure both the blob and the unpacked layer exist. Only
 // one caller at a time works on a given layer; the others wait for it.
 func (s *Service) ensureLayer(ctx context.Context, src source, desc v1.Descriptor, diffID, chainID v1.Hash, p *Progress) (*layer.Stats, error) {
-	st, err := s.once(ctx, "layer:"+chainID.String(), func(ctx context.Context) (*layer.Stats, error) {
+	fetch := func(ctx context.Context) (*layer.Stats, error) {
 		return s.fetchLayer(ctx, src, desc, diffID, chainID, p)
-	})
+	}
+	st, err := s.once(ctx, "layer:"+chainID.String(), fetch)
 	if err != nil {
 		return nil, err
+	}
+	// The caller that did the work may have had the same layer under
+	// another compressed blob (same diff ID, other compression): ours
+	// must be stored too.
+	if !s.content.Has(desc.Digest, desc.Size) {
+		return s.once(ctx, "blob:"+desc.Digest.String(), fetch)
 	}
 	return st, nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -185,4 +186,45 @@ func TestCancelledPull(t *testing.T) {
 	}
 	release()
 	e.mustPull(reg.Host + "/c/app:1")
+}
+
+// TestSameLayerTwoCompressions: two images share a layer (same diff ID)
+// compressed differently, pulled at once: one unpack, both blobs stored.
+func TestSameLayerTwoCompressions(t *testing.T) {
+	reg := imagetest.NewRegistry(t, imagetest.Options{})
+	entries := []imagetest.Entry{{Name: "shared/", Type: tar.TypeDir}, {Name: "shared/data", Body: "same bytes, two compressions"}}
+	gz, zs := imagetest.Layer(entries...), imagetest.ZstdLayer(entries...)
+	reg.Push(t, "two/gzip:1", imagetest.Image(runtime.GOARCH, "", gz))
+	reg.Push(t, "two/zstd:1", imagetest.Image(runtime.GOARCH, "", zs))
+	release := reg.Stall(layerDigest(t, gz))
+	defer release()
+	e := start(t, nil)
+	errc := make(chan error, 2)
+	go func() { _, err := e.pull(reg.Host+"/two/gzip:1", nil); errc <- err }()
+	<-reg.Stalled()
+	go func() { _, err := e.pull(reg.Host+"/two/zstd:1", nil); errc <- err }()
+	// Let the second pull reach the shared layer, then let the first go.
+	deadline := time.Now().Add(time.Minute)
+	for len(e.d.Images.Pulls()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("second pull never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	release()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	blobs, layers, _ := e.storeFiles()
+	for _, l := range []v1.Layer{gz, zs} {
+		d := layerDigest(t, l)
+		if !slices.Contains(blobs, d.Hex) {
+			t.Fatalf("blob %s missing: %v", d, blobs)
+		}
+	}
+	if len(layers) != 1 {
+		t.Fatalf("%d layer dirs, want 1 shared", len(layers))
+	}
 }
