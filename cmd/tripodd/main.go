@@ -3,6 +3,7 @@
 //	tripodd [--config FILE] [--root DIR] [--state DIR] [--listen unix:///path.sock] [--registry-hosts-dir DIR]
 //	tripodd config default     print the full default configuration
 //	tripodd config check       validate the configuration (with the flags applied) and print it
+//	tripodd version
 package main
 
 import (
@@ -43,6 +44,10 @@ func run(args []string) error {
 		}
 	})
 	rest := fs.Args()
+	if len(rest) == 1 && rest[0] == "version" {
+		fmt.Println("tripodd", daemon.Version)
+		return nil
+	}
 	if len(rest) == 2 && rest[0] == "config" && rest[1] == "default" {
 		out, err := config.Default().Encode()
 		if err != nil {
@@ -75,7 +80,7 @@ func run(args []string) error {
 		_, err = os.Stdout.Write(out)
 		return err
 	case len(rest) > 0:
-		return fmt.Errorf("unknown command %q (want: config default | config check)", rest)
+		return fmt.Errorf("unknown command %q (want: config default | config check | version)", rest)
 	}
 
 	var level slog.Level
