@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
@@ -100,9 +101,24 @@ func Endpoints(dir, host string) ([]Endpoint, error) {
 		return nil, fmt.Errorf("registry hosts %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
 	}
 	base := filepath.Dir(path)
-	var out []Endpoint
+	var order []string
+	seen := map[string]bool{}
 	for _, m := range hostHeader.FindAllStringSubmatch(string(data), -1) {
-		u := m[1] + m[2]
+		if u := m[1] + m[2]; !seen[u] {
+			order, seen[u] = append(order, u), true
+		}
+	}
+	// Hosts written as dotted keys have no table header: after the others,
+	// in name order.
+	var rest []string
+	for u := range hf.Host {
+		if !seen[u] {
+			rest = append(rest, u)
+		}
+	}
+	sort.Strings(rest)
+	var out []Endpoint
+	for _, u := range append(order, rest...) {
 		h, ok := hf.Host[u]
 		if !ok {
 			continue

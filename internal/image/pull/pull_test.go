@@ -97,6 +97,11 @@ server = "https://registry.k8s.io"
 	if !eps[1].Can("resolve") || eps[2].TLS == nil || !eps[2].TLS.InsecureSkipVerify || eps[3].Mirror {
 		t.Errorf("flags: %+v %+v %+v", eps[1], eps[2], eps[3])
 	}
+	// Hosts as dotted keys (no table header) are not lost.
+	writeFile(t, filepath.Join(dir, "dotted.example", "hosts.toml"), "host.\"http://127.0.0.1:7\".capabilities = [\"pull\"]\n")
+	if eps, _ := Endpoints(dir, "dotted.example"); len(eps) != 2 || eps[0].String() != "http://127.0.0.1:7/v2" || eps[0].Can("resolve") {
+		t.Errorf("dotted: %v", eps)
+	}
 	// _default applies to hosts without their own file; host:port dirs.
 	writeFile(t, filepath.Join(dir, "_default", "hosts.toml"), "[host.\"http://127.0.0.1:9\"]\n")
 	if eps, _ := Endpoints(dir, "quay.io"); len(eps) != 2 || eps[0].String() != "http://127.0.0.1:9/v2" {
