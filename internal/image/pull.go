@@ -18,6 +18,10 @@ import (
 	"github.com/tripod-dev/tripod/internal/image/store"
 )
 
+// layerAttempts is how many times a layer download is started when the
+// registry connection fails.
+const layerAttempts = 3
+
 // maxConfigSize bounds an image config, which is read into memory.
 const maxConfigSize = 16 << 20
 
@@ -266,7 +270,20 @@ func (s *Service) commit(ctx context.Context, label string, ms manifestSet, src 
 // one caller at a time works on a given layer; the others wait for it.
 func (s *Service) ensureLayer(ctx context.Context, src source, desc v1.Descriptor, diffID, chainID v1.Hash, p *Progress) (*layer.Stats, error) {
 	fetch := func(ctx context.Context) (*layer.Stats, error) {
-		return s.fetchLayer(ctx, src, desc, diffID, chainID, p)
+		// A dropped connection costs the layer, not the pull: start the
+		// layer over a few times before giving up.
+		for attempt := 1; ; attempt++ {
+			st, err := s.fetchLayer(ctx, src, desc, diffID, chainID, p)
+			if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || attempt == layerAttempts || ctx.Err() != nil {
+				return st, err
+			}
+			s.log.Warn("layer download failed, retrying", "image", p.Image, "layer", desc.Digest, "attempt", attempt, "err", err)
+			select {
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
 	}
 	st, err := s.once(ctx, "layer:"+chainID.String(), fetch)
 	if err != nil {
@@ -281,7 +298,7 @@ func (s *Service) ensureLayer(ctx context.Context, src source, desc v1.Descripto
 	return st, nil
 }
 
-func (s *Service) fetchLayer(ctx context.Context, src source, desc v1.Descriptor, diffID, chainID v1.Hash, p *Progress) (*layer.Stats, error) {
+func (s *Service) fetchLayer(ctx context.Context, src source, desc v1.Descriptor, diffID, chainID v1.Hash, p *Progress) (_ *layer.Stats, err error) {
 	blobOK := s.content.Has(desc.Digest, desc.Size)
 	layerOK := s.layers.Exists(chainID)
 	onBytes := func(n int64) { s.addProgress(p, n) }
@@ -320,6 +337,11 @@ func (s *Service) fetchLayer(ctx context.Context, src source, desc v1.Descriptor
 		return nil, err
 	}
 	defer w.Abort()
+	defer func() {
+		if err != nil { // a retry counts the layer's bytes again
+			s.rewindProgress(p, w.Written())
+		}
+	}()
 	rc, err := src.Blob(ctx, desc.Digest)
 	if err != nil {
 		return nil, err
@@ -400,6 +422,16 @@ func (s *Service) addProgress(p *Progress, n int64) {
 	done := p.DoneBytes
 	s.progressMu.Unlock()
 	s.m.pullBytes.Add(float64(n))
+	s.m.progressDone.Set(float64(done), p.Image)
+}
+
+// rewindProgress takes back bytes of a failed attempt from a pull's
+// progress (not from the downloaded-bytes counter: they were downloaded).
+func (s *Service) rewindProgress(p *Progress, n int64) {
+	s.progressMu.Lock()
+	p.DoneBytes -= n
+	done := p.DoneBytes
+	s.progressMu.Unlock()
 	s.m.progressDone.Set(float64(done), p.Image)
 }
 

@@ -410,3 +410,32 @@ func TestRemoveDuringPull(t *testing.T) {
 		t.Fatalf("store holds more than b: blobs %v layers %v", blobs, layers)
 	}
 }
+
+// TestDroppedConnectionRetried: a layer download cut half way is started
+// over and the pull succeeds; cut every time, it fails Unavailable.
+func TestDroppedConnectionRetried(t *testing.T) {
+	reg := imagetest.NewRegistry(t, imagetest.Options{})
+	img, layers := testImage(runtime.GOARCH, "", "flaky")
+	reg.Push(t, "flaky/app:1", img)
+	big := layerDigest(t, layers[2])
+	reg.Drop(big, 2)
+	e := start(t, nil)
+	e.mustPull(reg.Host + "/flaky/app:1")
+	if got := reg.BlobGets(big); got != 3 {
+		t.Fatalf("big layer fetched %d times, want 3 (two cut, one whole)", got)
+	}
+	dirs := layerDirs(t, e, reg.Host+"/flaky/app:1")
+	checkLayers(t, dirs, "flaky")
+	if _, _, partial := e.storeFiles(); len(partial) != 0 {
+		t.Fatalf("partial files left: %v", partial)
+	}
+	// Cut every time: the pull fails Unavailable, leaving nothing.
+	img2, layers2 := testImage(runtime.GOARCH, "", "dead")
+	reg.Push(t, "flaky/dead:1", img2)
+	reg.Drop(layerDigest(t, layers2[2]), 100)
+	_, err := e.pull(reg.Host+"/flaky/dead:1", nil)
+	wantCode(t, err, codes.Unavailable)
+	if st := e.status(reg.Host+"/flaky/dead:1", false); st.Image != nil {
+		t.Fatal("image recorded")
+	}
+}

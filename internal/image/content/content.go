@@ -157,6 +157,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// Written is how many bytes the writer has taken.
+func (w *Writer) Written() int64 { return w.n }
+
 // Verify checks size and digest of what was written so far.
 func (w *Writer) Verify() error {
 	if w.size >= 0 && w.n != w.size {

@@ -221,6 +221,7 @@ type Registry struct {
 	bearer    bool
 	corrupt   map[string]func([]byte) []byte
 	stall     map[string]chan struct{}
+	drops     map[string]int
 	blobGets  map[string]int
 	requests  atomic.Int64
 	stalledAt chan string
@@ -277,7 +278,7 @@ func NewRegistry(t testing.TB, opt Options) *Registry {
 func Serve(opt Options) (*Registry, error) {
 	r := &Registry{user: opt.User, pass: opt.Password, bearer: opt.Bearer,
 		corrupt: map[string]func([]byte) []byte{}, stall: map[string]chan struct{}{},
-		blobGets: map[string]int{}, stalledAt: make(chan string, 16)}
+		drops: map[string]int{}, blobGets: map[string]int{}, stalledAt: make(chan string, 16)}
 	inner := registry.New(registry.Logger(nilLogger()))
 	addr := "127.0.0.1:0"
 	if opt.TLS {
@@ -340,7 +341,25 @@ func (r *Registry) handler(inner http.Handler) http.Handler {
 			r.blobGets[d]++
 			corrupt := r.corrupt[d]
 			stall := r.stall[d]
+			drop := r.drops[d] > 0
+			if drop {
+				r.drops[d]--
+			}
 			r.mu.Unlock()
+			if drop {
+				// Half the body, then the connection is cut.
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, req)
+				body := rec.Body.Bytes()
+				w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+				w.WriteHeader(rec.Code)
+				w.Write(body[:len(body)/2])
+				w.(http.Flusher).Flush()
+				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+					conn.Close()
+				}
+				return
+			}
 			if corrupt != nil || stall != nil {
 				rec := httptest.NewRecorder()
 				inner.ServeHTTP(rec, req)
@@ -431,6 +450,14 @@ func (r *Registry) token(w http.ResponseWriter, req *http.Request) {
 func (r *Registry) Corrupt(d v1.Hash, f func([]byte) []byte) {
 	r.mu.Lock()
 	r.corrupt[d.String()] = f
+	r.mu.Unlock()
+}
+
+// Drop makes the next n downloads of blob d stop half way with the
+// connection closed.
+func (r *Registry) Drop(d v1.Hash, n int) {
+	r.mu.Lock()
+	r.drops[d.String()] = n
 	r.mu.Unlock()
 }
 

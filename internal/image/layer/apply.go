@@ -253,11 +253,12 @@ const modeBits = os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky
 // descriptor: no path is resolved twice.
 func writeFile(ctx context.Context, f *os.File, tr io.Reader, hdr *tar.Header, buf []byte) error {
 	n, err := io.CopyBuffer(f, io.LimitReader(tr, hdr.Size), buf)
-	if (err == nil && n != hdr.Size) || errors.Is(err, io.ErrUnexpectedEOF) {
-		err = errdefs.Wrap(errdefs.ErrDataLoss, io.ErrUnexpectedEOF)
+	if err == nil && n != hdr.Size {
+		err = io.ErrUnexpectedEOF
 	}
 	if err != nil {
-		// Not a disk problem: then the stream was bad.
+		// Neither a disk nor a network problem (those carry their
+		// kind): then the stream itself was bad.
 		if err = content.Classify(err); errdefs.Kind(err) == nil && ctx.Err() == nil {
 			err = errdefs.Wrap(errdefs.ErrDataLoss, err)
 		}
