@@ -85,7 +85,7 @@ bench-cni: deps build bench-deps
 # Image pull + unpack, tripodd vs Debian's containerd (its CRI plugin), the
 # same image from the same local registry. Needs root.
 bench-images: deps build
-	@command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null
+	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
 
 # The main job. Until tripodd and tripod-csi land, it installs the CNI
