@@ -18,11 +18,12 @@ APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linu
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
+CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images up install-cni clean
 
 all: build
 
@@ -30,6 +31,8 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tripod-cni ./cmd/tripod-cni
 	@mkdir -p $(BIN)/cni
 	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/tripod-dev/tripod/internal/daemon.Version=$(VERSION)' -o $(BIN)/tripodd ./cmd/tripodd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
 
 deps: apt-deps go-tools
 
@@ -41,13 +44,16 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 
 $(TOOLS)/cnitool:
 	GOBIN=$(TOOLS) $(GO) install $(CNITOOL)
+
+$(TOOLS)/crictl:
+	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
@@ -71,10 +77,16 @@ test: deps build lint test-go
 test-go:
 	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni
+bench: bench-cni bench-images
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
+
+# Image pull + unpack, tripodd vs Debian's containerd (its CRI plugin), the
+# same image from the same local registry. Needs root.
+bench-images: deps build
+	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
+	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
 
 # The main job. Until tripodd and tripod-csi land, it installs the CNI
 # plugins into /opt/cni/bin.

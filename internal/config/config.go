@@ -1,0 +1,217 @@
+// Package config is tripodd's configuration: one TOML file, every field
+// defaulted and validated, with command-line flags applied on top.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is where tripodd looks for its config when --config is not given.
+const DefaultPath = "/etc/tripod/tripod.toml"
+
+// Config is the whole file. Sections belong to the services that read them.
+type Config struct {
+	// Root holds persistent data (images, metadata); State holds what a
+	// reboot may lose (sockets, runtime state).
+	Root   string `toml:"root" comment:"persistent data: content store, unpacked layers, metadata"`
+	State  string `toml:"state" comment:"volatile state: sockets and runtime files"`
+	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only)"`
+
+	Image   Image   `toml:"image"`
+	Metrics Metrics `toml:"metrics"`
+}
+
+// Image configures the image service.
+type Image struct {
+	RegistryHostsDir string `toml:"registry_hosts_dir" comment:"directory of containerd-format <registry host>/hosts.toml files (mirrors, TLS, plain HTTP)"`
+	// PauseImage is never needed by tripodd itself but kubelet still asks
+	// for it: it is pinned so image GC does not remove it.
+	PauseImage   string   `toml:"pause_image" comment:"pinned: kubelet's image GC leaves it alone"`
+	PinnedImages []string `toml:"pinned_images" comment:"more references reported as pinned"`
+	Platform     string   `toml:"platform" comment:"os/arch[/variant] selected from multi-platform images; empty means this node's"`
+
+	MaxConcurrentDownloads int  `toml:"max_concurrent_downloads" comment:"layers fetched at once per pull"`
+	AllowDeviceNodes       bool `toml:"allow_device_nodes" comment:"create block and character devices found in layers (otherwise skipped)"`
+
+	// Auths are credentials per registry host, used when the CRI request
+	// carries none.
+	Auths map[string]Auth `toml:"auths" comment:"credentials per registry host (e.g. [image.auths.\"registry.example.com\"])"`
+}
+
+// Auth is one registry's credentials, as in a docker config.json.
+type Auth struct {
+	Username      string `toml:"username,omitempty"`
+	Password      string `toml:"password,omitempty"`
+	Auth          string `toml:"auth,omitempty" comment:"base64 of username:password"`
+	IdentityToken string `toml:"identity_token,omitempty"`
+	RegistryToken string `toml:"registry_token,omitempty"`
+}
+
+// Metrics configures the Prometheus text endpoint.
+type Metrics struct {
+	Address string `toml:"address" comment:"host:port for /metrics over HTTP, loopback only; empty disables"`
+}
+
+// Default returns the configuration used when a field is not set.
+func Default() Config {
+	return Config{
+		Root:   "/var/lib/tripod",
+		State:  "/run/tripod",
+		Listen: "unix:///run/tripod/tripod.sock",
+		Image: Image{
+			RegistryHostsDir:       "/etc/tripod/certs.d",
+			PauseImage:             "registry.k8s.io/pause:3.10",
+			PinnedImages:           []string{},
+			MaxConcurrentDownloads: 4,
+			Auths:                  map[string]Auth{},
+		},
+	}
+}
+
+// Load reads path over the defaults. A missing file is an error only when
+// mustExist is set (an explicit --config).
+func Load(path string, mustExist bool) (Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !mustExist {
+			return c, nil
+		}
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			return c, fmt.Errorf("config %s: %s", path, strict.String())
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return c, fmt.Errorf("config %s:%d:%d: %s", path, row, col, de.Error())
+		}
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Encode writes c as TOML with the field comments.
+func (c Config) Encode() ([]byte, error) {
+	var b bytes.Buffer
+	enc := toml.NewEncoder(&b)
+	enc.SetIndentTables(true)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// Validate checks every field and says which one is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for _, f := range []struct{ name, v string }{{"root", c.Root}, {"state", c.State}, {"image.registry_hosts_dir", c.Image.RegistryHostsDir}} {
+		if !filepath.IsAbs(f.v) {
+			bad(f.name, "must be an absolute path, got %q", f.v)
+		}
+	}
+	if _, _, err := ParseListen(c.Listen); err != nil {
+		bad("listen", "%v", err)
+	}
+	if n := c.Image.MaxConcurrentDownloads; n < 1 || n > 64 {
+		bad("image.max_concurrent_downloads", "must be between 1 and 64, got %d", n)
+	}
+	if c.Image.Platform != "" {
+		if _, _, _, err := ParsePlatform(c.Image.Platform); err != nil {
+			bad("image.platform", "%v", err)
+		}
+	}
+	for host, a := range c.Image.Auths {
+		if host == "" || strings.ContainsAny(host, "/ ") {
+			bad("image.auths", "%q is not a registry host", host)
+		}
+		if a.Auth == "" && a.Username == "" && a.IdentityToken == "" && a.RegistryToken == "" {
+			bad("image.auths."+host, "no credentials given")
+		}
+	}
+	if a := c.Metrics.Address; a != "" {
+		if err := loopbackHostPort(a); err != nil {
+			bad("metrics.address", "%v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ParseListen splits a CRI endpoint into a network and an address for
+// net.Listen. TCP is accepted only on loopback: the CRI has no auth.
+func ParseListen(s string) (network, addr string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", fmt.Errorf("%q: %v", s, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		p := u.Path
+		if u.Host != "" { // unix://relative/path is a mistake worth naming
+			return "", "", fmt.Errorf("%q: want unix:///absolute/path.sock", s)
+		}
+		if !filepath.IsAbs(p) {
+			return "", "", fmt.Errorf("%q: socket path must be absolute", s)
+		}
+		return "unix", p, nil
+	case "tcp":
+		if err := loopbackHostPort(u.Host); err != nil {
+			return "", "", fmt.Errorf("%q: %v", s, err)
+		}
+		return "tcp", u.Host, nil
+	}
+	return "", "", fmt.Errorf("%q: want unix:///path.sock or tcp://127.0.0.1:PORT", s)
+}
+
+func loopbackHostPort(hp string) error {
+	host, _, err := net.SplitHostPort(hp)
+	if err != nil {
+		return fmt.Errorf("%q: %v", hp, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: only loopback addresses are allowed", hp)
+	}
+	return nil
+}
+
+// ParsePlatform splits os/arch[/variant].
+func ParsePlatform(s string) (os, arch, variant string, err error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return "", "", "", fmt.Errorf("%q: want os/arch[/variant]", s)
+	}
+	if len(parts) == 3 {
+		variant = parts[2]
+	}
+	return parts[0], parts[1], variant, nil
+}
+
+// NodePlatform is the platform pulled when none is configured.
+func NodePlatform() string {
+	if runtime.GOARCH == "arm" {
+		return "linux/arm/v7"
+	}
+	return runtime.GOOS + "/" + runtime.GOARCH
+}

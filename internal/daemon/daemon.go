@@ -1,0 +1,190 @@
+// Package daemon wires tripodd together: config → core services → CRI
+// gRPC server on its socket, plus the metrics endpoint.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/tripod-dev/tripod/internal/adminapi"
+	"github.com/tripod-dev/tripod/internal/config"
+	"github.com/tripod-dev/tripod/internal/cri/server"
+	"github.com/tripod-dev/tripod/internal/image"
+	"github.com/tripod-dev/tripod/internal/image/pull"
+	"github.com/tripod-dev/tripod/internal/metrics"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// Daemon is a running tripodd.
+type Daemon struct {
+	cfg     config.Config
+	log     *slog.Logger
+	Images  *image.Service
+	Metrics *metrics.Registry
+	grpc    *grpc.Server
+	lis     net.Listener
+	http    *http.Server
+	admin   *http.Server
+	adminL  net.Listener
+	// Addr is the CRI listener's address; MetricsAddr the metrics one.
+	Addr, MetricsAddr string
+}
+
+// ImageRoot is where the image store lives under the root directory.
+func ImageRoot(root string) string { return filepath.Join(root, "images") }
+
+// New opens the stores (repairing them) and binds the sockets; Serve
+// starts answering.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	for _, d := range []string{cfg.Root, cfg.State} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, err
+		}
+	}
+	d := &Daemon{cfg: cfg, log: log, Metrics: metrics.New()}
+	plat := config.NodePlatform()
+	if cfg.Image.Platform != "" {
+		plat = cfg.Image.Platform
+	}
+	os_, arch, variant, _ := config.ParsePlatform(plat)
+	auths := map[string]pull.Auth{}
+	for h, a := range cfg.Image.Auths {
+		auths[h] = pull.Auth{Username: a.Username, Password: a.Password, Auth: a.Auth, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
+	}
+	pinned := append([]string{}, cfg.Image.PinnedImages...)
+	if cfg.Image.PauseImage != "" {
+		pinned = append(pinned, cfg.Image.PauseImage)
+	}
+	var err error
+	d.Images, err = image.New(ctx, image.Options{
+		Root:             ImageRoot(cfg.Root),
+		ContainerDir:     filepath.Join(cfg.Root, "containers"),
+		HostsDir:         cfg.Image.RegistryHostsDir,
+		Auths:            auths,
+		Platform:         pull.Platform{OS: os_, Architecture: arch, Variant: variant},
+		MaxDownloads:     cfg.Image.MaxConcurrentDownloads,
+		AllowDeviceNodes: cfg.Image.AllowDeviceNodes,
+		Pinned:           pinned,
+		UserAgent:        "tripodd/" + Version,
+		Logger:           log,
+		Metrics:          d.Metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.lis, err = listen(cfg.Listen)
+	if err != nil {
+		d.Images.Close()
+		return nil, err
+	}
+	d.Addr = d.lis.Addr().String()
+	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20))
+	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
+
+	adminPath := filepath.Join(cfg.State, adminapi.Socket)
+	if d.adminL, err = listen("unix://" + adminPath); err != nil {
+		d.lis.Close()
+		d.Images.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(adminPath, 0o600); err != nil {
+		d.adminL.Close()
+		d.lis.Close()
+		d.Images.Close()
+		return nil, err
+	}
+	d.admin = &http.Server{Handler: adminHandler(d.Images), ReadHeaderTimeout: 10 * time.Second}
+	go d.admin.Serve(d.adminL)
+
+	if cfg.Metrics.Address != "" {
+		ml, err := net.Listen("tcp", cfg.Metrics.Address)
+		if err != nil {
+			d.admin.Close()
+			d.lis.Close()
+			d.Images.Close()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+		d.MetricsAddr = ml.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", d.Metrics.Handler())
+		d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go d.http.Serve(ml)
+	}
+	return d, nil
+}
+
+// listen binds the CRI endpoint. A unix socket left by a dead daemon is
+// replaced; one a live daemon answers on is not.
+func listen(endpoint string) (net.Listener, error) {
+	network, addr, err := config.ParseListen(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := os.MkdirAll(filepath.Dir(addr), 0o711); err != nil {
+			return nil, err
+		}
+		if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another daemon is listening there", addr)
+		}
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", endpoint, err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o660); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Serve answers CRI calls until ctx ends, then stops gracefully (in-flight
+// calls get a few seconds) and closes the stores.
+func (d *Daemon) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- d.grpc.Serve(d.lis) }()
+	d.log.Info("tripodd serving", "listen", d.cfg.Listen, "root", d.cfg.Root, "state", d.cfg.State,
+		"registryHostsDir", d.cfg.Image.RegistryHostsDir, "metrics", d.MetricsAddr, "version", Version)
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		done := make(chan struct{})
+		go func() { d.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			d.grpc.Stop()
+		}
+	}
+	if d.http != nil {
+		d.http.Close()
+	}
+	d.admin.Close()
+	if cerr := d.Images.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
