@@ -88,9 +88,12 @@ bench-images: deps build
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
 
-# The main job. Until tripodd and tripod-csi land, it installs the CNI
-# plugins into /opt/cni/bin.
+# The main job: install the CNI plugins into /opt/cni/bin and run tripodd
+# in the foreground on its embedded defaults (CRI socket
+# /run/tripod/tripod.sock; Ctrl-C stops it). tripod-csi and `tripod up`
+# (issue 7) join it as they land.
 up: deps build install-cni
+	exec $(BIN)/tripodd
 
 install-cni: build
 	install -d /opt/cni/bin
