@@ -23,6 +23,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"golang.org/x/sys/unix"
+
+	"github.com/tripod-dev/tripod/internal/netnspin"
 )
 
 type impl struct {
@@ -89,34 +91,10 @@ func inNetns(ns *os.File, fn func() error) error {
 // newNetns pins a fresh network namespace at /run/netns/name.
 func newNetns(name string) (string, error) {
 	path := filepath.Join("/run/netns", name)
-	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
-		return "", err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return "", err
-	}
-	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(path)
-		return "", err
-	}
-	return path, nil
+	return path, netnspin.New(path)
 }
 
-func removeNetns(path string) {
-	_ = unix.Unmount(path, unix.MNT_DETACH)
-	_ = os.Remove(path)
-}
+func removeNetns(path string) { _ = netnspin.Remove(path) }
 
 // env is one implementation's private world: a host netns and a scratch dir.
 type env struct {

@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
+	"github.com/tripod-dev/tripod/internal/netnspin"
 	"golang.org/x/sys/unix"
 )
 
@@ -125,33 +126,8 @@ type Netns struct {
 // ends, pass or fail.
 func NewNetns(t testing.TB, name string) *Netns {
 	t.Helper()
-	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
-		t.Fatal(err)
-	}
 	n := &Netns{Name: name, Path: filepath.Join("/run/netns", name)}
-	f, err := os.OpenFile(n.Path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		t.Fatalf("creating netns file: %v", err)
-	}
-	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never unlocked: it ends with this goroutine rather
-		// than going back to the scheduler inside the new namespace.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, n.Path, "", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind-mounting %s: %w", src, err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		os.Remove(n.Path)
+	if err := netnspin.New(n.Path); err != nil {
 		t.Fatalf("creating netns %s: %v", name, err)
 	}
 	t.Cleanup(func() { n.Remove(t) })
@@ -162,11 +138,8 @@ func NewNetns(t testing.TB, name string) *Netns {
 // simulate a container that is already gone.
 func (n *Netns) Remove(t testing.TB) {
 	t.Helper()
-	if err := unix.Unmount(n.Path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
-		t.Errorf("unmounting %s: %v", n.Path, err)
-	}
-	if err := os.Remove(n.Path); err != nil && !os.IsNotExist(err) {
-		t.Errorf("removing %s: %v", n.Path, err)
+	if err := netnspin.Remove(n.Path); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -103,13 +103,28 @@ func (t Table) Set(a Attachment, jumps map[string]Jump) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	existing, err := t.chains(c)
-	if err != nil {
-		return err
+	// Look up only the chains this attachment touches, by name: listing the
+	// table (or its base chains' rules) would make every ADD cost grow
+	// with the number of pods on the node.
+	var existing []*nftables.Chain
+	stale := false
+	for _, b := range t.Chains {
+		for _, name := range []string{b.Name, a.ChainName(b.Name)} {
+			ch, err := lookupChain(c, t.nft(), name)
+			if err != nil {
+				return err
+			}
+			if ch != nil {
+				existing = append(existing, ch)
+				stale = stale || name != b.Name
+			}
+		}
 	}
-	// Clear first (its own transaction) so that a repeated ADD replaces.
-	if err := t.removeFrom(c, existing, map[string]bool{a.Tag(): true}); err != nil {
-		return err
+	if stale {
+		// A repeated ADD: clear the old rules first (their own transaction).
+		if err := t.removeFrom(c, existing, map[string]bool{a.Tag(): true}); err != nil {
+			return err
+		}
 	}
 	tbl := t.ensure(c, existing)
 	for _, b := range t.Chains {
@@ -140,6 +155,20 @@ func (t Table) Set(a Attachment, jumps map[string]Jump) error {
 	return nil
 }
 
+// lookupChain fetches one chain by name, or nil when it (or its table)
+// does not exist.
+func lookupChain(c *nftables.Conn, tbl *nftables.Table, name string) (*nftables.Chain, error) {
+	ch, err := c.ListChain(tbl, name)
+	if err != nil {
+		// google/nftables flattens the netlink error into text.
+		if strings.Contains(err.Error(), syscall.ENOENT.Error()) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("nftables: looking up chain %s/%s: %w", tbl.Name, name, err)
+	}
+	return ch, nil
+}
+
 func (t Table) hasChain(name string) bool {
 	for _, b := range t.Chains {
 		if b.Name == name {
@@ -156,7 +185,7 @@ func (t Table) Remove(a Attachment) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	return t.remove(c, map[string]bool{a.Tag(): true})
+	return t.RemoveWith(c, a)
 }
 
 // RemoveWith is Remove over the caller's connection. The kernel defers
@@ -164,7 +193,20 @@ func (t Table) Remove(a Attachment) error {
 // the deleting socket wait for that: with a lasting connection, closed
 // later, the caller can overlap the wait with other work.
 func (t Table) RemoveWith(c *nftables.Conn, a Attachment) error {
-	return t.remove(c, map[string]bool{a.Tag(): true})
+	// By name, as in Set: the cost must not grow with the table.
+	var existing []*nftables.Chain
+	for _, b := range t.Chains {
+		for _, name := range []string{b.Name, a.ChainName(b.Name)} {
+			ch, err := lookupChain(c, t.nft(), name)
+			if err != nil {
+				return err
+			}
+			if ch != nil {
+				existing = append(existing, ch)
+			}
+		}
+	}
+	return t.removeFrom(c, existing, map[string]bool{a.Tag(): true})
 }
 
 // GC deletes the rules of every attachment of network that is not in keep.
@@ -262,6 +304,18 @@ func (t Table) removeFrom(c *nftables.Conn, chains []*nftables.Chain, tags map[s
 	for _, b := range t.Chains {
 		base, ok := existing[b.Name]
 		if !ok {
+			continue
+		}
+		// A jump can only point at a chain that exists: without one of
+		// ours behind this base chain, its (many) rules need no listing.
+		ours := false
+		for tag := range tags {
+			if _, ok := existing[b.Name+"-"+tag]; ok {
+				ours = true
+				break
+			}
+		}
+		if !ours {
 			continue
 		}
 		rules, err := c.GetRules(tbl, base)
