@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 )
 
@@ -86,4 +88,59 @@ func TestCnitoolChain(t *testing.T) {
 	cnitest.EmptyDir(t, filepath.Join(dataDir, tag), "lock", "last_reserved_ip.0", "last_reserved_ip.1")
 	// Let cnitool's own cache go too (it keeps it in /var/lib/cni).
 	_ = host.Try(func() error { _, err := cnitool(t, dir, caps, "del", tag, pod.Path); return err })
+}
+
+// Each remaining main and IPAM plugin that runs on this kernel, through
+// cnitool's whole verb set, from a host namespace of the test's own with a
+// veth standing in for the node's NIC.
+func TestCnitoolPlugins(t *testing.T) {
+	cnitest.Root(t)
+	cases := []struct {
+		name, plugins string
+	}{
+		{"ptp+host-local", `{"type":"ptp","ipMasq":true,"ipam":{"type":"host-local","dataDir":"DATADIR","ranges":[[{"subnet":"10.78.0.0/24"}]]}}`},
+		{"bridge+static", `{"type":"bridge","bridge":"TAGbr","isGateway":true,"ipam":{"type":"static","addresses":[{"address":"10.79.0.5/24","gateway":"10.79.0.1"}]}}`},
+		{"macvlan+host-local", `{"type":"macvlan","master":"TAGnic","mode":"bridge","ipam":{"type":"host-local","dataDir":"DATADIR","ranges":[[{"subnet":"10.80.0.0/24"}]]}}`},
+		{"host-device", `{"type":"host-device","device":"TAGnicp"}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tag := cnitest.Tag(t)
+			host := cnitest.NewNetns(t, tag+"-host")
+			pod := cnitest.NewNetns(t, tag+"-pod")
+			dataDir := t.TempDir()
+			host.Do(t, func() error {
+				nic := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: tag + "nic"}, PeerName: tag + "nicp"}
+				if err := netlink.LinkAdd(nic); err != nil {
+					return err
+				}
+				return netlink.LinkSetUp(nic)
+			})
+			plugins := strings.NewReplacer("TAG", tag, "DATADIR", dataDir).Replace(c.plugins)
+			dir := writeConf(t, tag, `{"cniVersion":"1.1.0","name":"`+tag+`","plugins":[`+plugins+`]}`)
+			for _, verb := range []string{"add", "check", "status", "del", "del", "add", "gc"} {
+				var out string
+				err := host.Try(func() error {
+					var err error
+					out, err = cnitool(t, dir, nil, verb, tag, pod.Path)
+					return err
+				})
+				if err != nil {
+					t.Fatalf("cnitool %s: %v\n%s", verb, err, out)
+				}
+				if verb == "add" {
+					if _, err := pod.Exec(context.Background(), "ip", "link", "show", "eth0"); err != nil {
+						t.Fatalf("no eth0 in the pod after add: %v\n%s", err, out)
+					}
+				}
+			}
+			// cnitool's GC lists no valid attachment: everything goes.
+			host.Do(t, func() error { return cnitest.NoNetworkChains(tag) })
+			if _, err := pod.Exec(context.Background(), "ip", "link", "show", "eth0"); err == nil {
+				t.Errorf("eth0 is still in the pod after GC")
+			}
+			cnitest.EmptyDir(t, filepath.Join(dataDir, tag), "lock", "last_reserved_ip.0")
+			_ = host.Try(func() error { _, err := cnitool(t, dir, nil, "del", tag, pod.Path); return err })
+		})
+	}
 }
