@@ -27,6 +27,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
 
 // Kind is a link type and where the kernel gets it from.
@@ -394,4 +395,46 @@ func Status(ctx context.Context, args *skel.CmdArgs, c *Conf) error {
 		return nil
 	}
 	return ipamcall.Status(ctx, c.IPAM.Type, args)
+}
+
+// Funcs returns a stacked-link plugin's verbs: each builds its Spec from
+// the call's config with spec, then runs the shared verb.
+func Funcs(spec func(*skel.CmdArgs) (*Spec, error)) plugin.Funcs {
+	return plugin.Funcs{
+		Add: func(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
+			s, err := spec(args)
+			if err != nil {
+				return nil, err
+			}
+			return Add(ctx, args, s)
+		},
+		Del: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Del(ctx, args, s)
+		},
+		Check: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Check(ctx, args, s)
+		},
+		GC: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return GC(ctx, args, s.Conf)
+		},
+		Status: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Status(ctx, args, s.Conf)
+		},
+	}
 }
