@@ -198,6 +198,25 @@ func (n *Netns) Link(t testing.TB, name string) netlink.Link {
 	return l
 }
 
+// OnlyLo fails the test if the namespace holds any link but lo: what a
+// failed or undone attachment must leave.
+func (n *Netns) OnlyLo(t testing.TB) {
+	t.Helper()
+	var names []string
+	n.Do(t, func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if l.Attrs().Name != "lo" {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if len(names) > 0 {
+		t.Errorf("netns %s still has links %v", n.Name, names)
+	}
+}
+
 // Runner drives plugins through libcni with its own cache directory.
 type Runner struct {
 	CNI      *libcni.CNIConfig

@@ -98,19 +98,6 @@ func (e *env) hostDev(t *testing.T) {
 	}
 }
 
-func onlyLo(t *testing.T, ns *cnitest.Netns) {
-	t.Helper()
-	ns.Do(t, func() error {
-		links, err := netlink.LinkList()
-		for _, l := range links {
-			if l.Attrs().Name != "lo" {
-				t.Errorf("leaked link %s in %s", l.Attrs().Name, ns.Name)
-			}
-		}
-		return err
-	})
-}
-
 func TestLifecycle(t *testing.T) {
 	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
 		for _, sel := range []string{"device", "hwaddr"} {
@@ -157,7 +144,7 @@ func TestLifecycle(t *testing.T) {
 					t.Fatalf("DEL: %v", err)
 				}
 				e.hostDev(t)
-				onlyLo(t, e.pod)
+				e.pod.OnlyLo(t)
 				if err := e.r.CNI.DelNetworkList(ctx, l, rt); err != nil {
 					t.Errorf("second DEL: %v", err)
 				}
@@ -171,7 +158,7 @@ func TestLifecycle(t *testing.T) {
 					t.Fatalf("DEL: %v", err)
 				}
 				e.hostDev(t)
-				onlyLo(t, e.pod)
+				e.pod.OnlyLo(t)
 			})
 		}
 	}
@@ -240,7 +227,7 @@ func TestFailedAddGivesDeviceBack(t *testing.T) {
 		t.Fatalf("ADD with a bad IPAM config: %+v, want code 7", r.Err)
 	}
 	e.hostDev(t)
-	onlyLo(t, e.pod)
+	e.pod.OnlyLo(t)
 
 	// A pod that already has eth0 is refused before anything moves.
 	e.pod.Do(t, func() error {
@@ -282,7 +269,7 @@ func TestBadConfig(t *testing.T) {
 				t.Errorf("ADD: %+v, want code 7 mentioning %q", r.Err, tc.msg)
 			}
 			e.hostDev(t)
-			onlyLo(t, e.pod)
+			e.pod.OnlyLo(t)
 		})
 	}
 }

@@ -220,19 +220,7 @@ func (e *Env) NoLeaks(networks []string, tables ...nftown.Table) {
 // PodEmpty fails the test if the pod has any link but lo.
 func PodEmpty(t testing.TB, pod *cnitest.Netns) {
 	t.Helper()
-	var names []string
-	pod.Do(t, func() error {
-		links, err := netlink.LinkList()
-		for _, l := range links {
-			if l.Attrs().Name != "lo" {
-				names = append(names, l.Attrs().Name)
-			}
-		}
-		return err
-	})
-	if len(names) > 0 {
-		t.Errorf("pod %s still has links %v", pod.Name, names)
-	}
+	pod.OnlyLo(t)
 }
 
 // NoPing fails the test if a single ping from pod to addr is answered.
