@@ -8,7 +8,6 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
-	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
@@ -57,12 +56,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	if n.layer3() {
 		errs = append(errs, ipamcall.GC(ctx, n.IPAM.Type, args))
 	}
-	keep := make([]nftown.Attachment, 0, len(n.ValidAttachments))
-	names := map[string]bool{}
-	for _, v := range n.ValidAttachments {
-		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
-	}
+	keep, names := veth.Keep(n.Name, n.ValidAttachments)
 	errs = append(errs, masq.CodedCleanup("bridge", masq.GC(n.Name, keep)), masq.CodedCleanup("bridge", SpoofTable().GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))
