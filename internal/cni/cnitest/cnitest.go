@@ -272,7 +272,32 @@ type ExecResult struct {
 // stdin, as a runtime would, and decodes an error if one was printed.
 func Exec(t testing.TB, plugin string, env map[string]string, stdin string) ExecResult {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(BinDir(t), plugin))
+	r, err := execPlugin(BinDir(t), plugin, env, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// ExecIn is Exec from inside ns: the child inherits the namespace of the
+// locked thread that starts it.
+func ExecIn(t testing.TB, ns *Netns, plugin string, env map[string]string, stdin string) ExecResult {
+	t.Helper()
+	dir := BinDir(t)
+	var r ExecResult
+	err := ns.Try(func() error {
+		var err error
+		r, err = execPlugin(dir, plugin, env, stdin)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("in netns %s: %v", ns.Name, err)
+	}
+	return r
+}
+
+func execPlugin(dir, plugin string, env map[string]string, stdin string) (ExecResult, error) {
+	cmd := exec.Command(filepath.Join(dir, plugin))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -285,16 +310,16 @@ func Exec(t testing.TB, plugin string, env map[string]string, stdin string) Exec
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
-			t.Fatalf("running %s: %v", plugin, err)
+			return r, fmt.Errorf("running %s: %v", plugin, err)
 		}
 		r.Exit = ee.ExitCode()
 		e := &types.Error{}
 		if jerr := json.Unmarshal(out.Bytes(), e); jerr != nil {
-			t.Fatalf("%s exited %d without a JSON error on stdout: %q (stderr %q)", plugin, r.Exit, out.String(), errb.String())
+			return r, fmt.Errorf("%s exited %d without a JSON error on stdout: %q (stderr %q)", plugin, r.Exit, out.String(), errb.String())
 		}
 		r.Err = e
 	}
-	return r
+	return r, nil
 }
 
 // NoLinks fails the test if any host link (in the current namespace) has a
