@@ -29,7 +29,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
@@ -92,16 +91,11 @@ func parse(stdin []byte) (*parsed, error) {
 	if err := cnierr.Decode(stdin, &p.conf); err != nil {
 		return nil, err
 	}
-	if p.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&p.PluginConf); err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		prev, err := current.NewResultFromResult(p.PrevResult)
-		if err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		p.prev = prev
+	prev, err := plugin.PrevResult(&p.PluginConf)
+	if err != nil {
+		return nil, err
 	}
+	p.prev = prev
 	switch p.Backend {
 	case "", "iptables", "firewalld", "nftables":
 	default:

@@ -7,11 +7,11 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
 
 type entry struct {
@@ -109,16 +109,11 @@ func parse(stdin []byte) (*parsed, error) {
 	if err := cnierr.Decode(stdin, &p.conf); err != nil {
 		return nil, err
 	}
-	if p.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&p.PluginConf); err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		prev, err := current.NewResultFromResult(p.PrevResult)
-		if err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		p.prev = prev
+	prev, err := plugin.PrevResult(&p.PluginConf)
+	if err != nil {
+		return nil, err
 	}
+	p.prev = prev
 	p.snat = p.SNAT == nil || *p.SNAT
 	if p.MarkMasqBit != nil && p.ExternalSetMarkChain != nil {
 		return nil, cnierr.New(cnierr.InvalidConfig, "markMasqBit and externalSetMarkChain are mutually exclusive")
