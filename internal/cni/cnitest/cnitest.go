@@ -20,6 +20,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
@@ -230,6 +231,24 @@ func NewRunner(t testing.TB, extraPath ...string) *Runner {
 	cache := t.TempDir()
 	path := append(append([]string{}, extraPath...), BinDir(t))
 	return &Runner{CNI: libcni.NewCNIConfigWithCacheDir(path, cache, nil), CacheDir: cache}
+}
+
+// AddVersion runs ADD of list, which must succeed with a result of
+// cniVersion version, and returns that result as the current version.
+func (r *Runner) AddVersion(t testing.TB, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, version string) *current.Result {
+	t.Helper()
+	res, err := r.CNI.AddNetworkList(context.Background(), list, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if res.Version() != version {
+		t.Errorf("result version %s, want %s", res.Version(), version)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cur
 }
 
 // ConfList parses a network configuration list.

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
@@ -110,17 +109,7 @@ func TestLifecycle(t *testing.T) {
 				l := e.list(t, v, selector, e.static())
 				rt := cnitest.RuntimeConf(e.tag, e.pod.Path, "eth0")
 				ctx := context.Background()
-				res, err := e.r.CNI.AddNetworkList(ctx, l, rt)
-				if err != nil {
-					t.Fatalf("ADD: %v", err)
-				}
-				if res.Version() != v {
-					t.Errorf("result version %s, want %s", res.Version(), v)
-				}
-				cur, err := current.NewResultFromResult(res)
-				if err != nil {
-					t.Fatal(err)
-				}
+				cur := e.r.AddVersion(t, l, rt, v)
 				if len(cur.Interfaces) != 1 || cur.Interfaces[0].Name != "eth0" || cur.Interfaces[0].Mac != e.mac || cur.Interfaces[0].Sandbox != e.pod.Path {
 					t.Errorf("result interfaces %v, want eth0 with MAC %s in the pod", cur.Interfaces, e.mac)
 				}
