@@ -399,11 +399,9 @@ func gc(_ context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	keep := make([]nftown.Attachment, 0, len(p.ValidAttachments))
+	keep := nftown.Keep(p.Name, p.ValidAttachments)
 	valid := map[string]bool{}
-	for _, a := range p.ValidAttachments {
-		att := nftown.Attachment{Network: p.Name, ContainerID: a.ContainerID, IfName: a.IfName}
-		keep = append(keep, att)
+	for _, att := range keep {
 		valid[att.Tag()] = true
 	}
 	netTag := nftown.NetworkTag(p.Name) + "-"
@@ -419,11 +417,7 @@ func status(_ context.Context, args *skel.CmdArgs) error {
 	if _, err := parse(args.StdinData); err != nil {
 		return err
 	}
-	c, err := nftables.New()
-	if err == nil {
-		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
-	}
-	if err != nil {
+	if err := nftown.Usable(); err != nil {
 		return cnierr.New(cnierr.NotAvailable, "nftables is not usable: %v", err)
 	}
 	return nil

@@ -198,11 +198,7 @@ func gc(_ context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	keep := make([]nftown.Attachment, 0, len(p.ValidAttachments))
-	for _, a := range p.ValidAttachments {
-		keep = append(keep, nftown.Attachment{Network: p.Name, ContainerID: a.ContainerID, IfName: a.IfName})
-	}
-	if err := Table().GC(p.Name, keep); err != nil {
+	if err := Table().GC(p.Name, nftown.Keep(p.Name, p.ValidAttachments)); err != nil {
 		return cnierr.Wrap(cnierr.Netlink, err, "garbage-collecting port mappings")
 	}
 	return nil
@@ -213,11 +209,7 @@ func status(_ context.Context, args *skel.CmdArgs) error {
 	if _, err := parse(args.StdinData); err != nil {
 		return err
 	}
-	c, err := nftables.New()
-	if err == nil {
-		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
-	}
-	if err != nil {
+	if err := nftown.Usable(); err != nil {
 		return cnierr.New(cnierr.NotAvailable, "nftables is not usable: %v", err)
 	}
 	return nil

@@ -120,11 +120,9 @@ func CheckPeer(plugin, ifName string, cont, host *current.Interface, hostIndex i
 // Keep lists, for GC, the attachments of network that valid names, and
 // the names of their host ends.
 func Keep(network string, valid []types.GCAttachment) ([]nftown.Attachment, map[string]bool) {
-	keep := make([]nftown.Attachment, 0, len(valid))
 	names := map[string]bool{}
 	for _, v := range valid {
-		keep = append(keep, nftown.Attachment{Network: network, ContainerID: v.ContainerID, IfName: v.IfName})
 		names[HostName(network, v.ContainerID, v.IfName)] = true
 	}
-	return keep, names
+	return nftown.Keep(network, valid), names
 }
