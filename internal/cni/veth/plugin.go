@@ -11,10 +11,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
+	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
 )
@@ -125,4 +127,39 @@ func Keep(network string, valid []types.GCAttachment) ([]nftown.Attachment, map[
 		names[HostName(network, v.ContainerID, v.IfName)] = true
 	}
 	return nftown.Keep(network, valid), names
+}
+
+// Del removes an attachment on network: its masquerade rules and what
+// more removes over the same nftables connection, its veth pair, and its
+// IPAM reservation when ipamType is set; each found from the attachment's
+// identity alone. Every step runs even when another fails; the first
+// failure is reported.
+//
+// Deleting rules and links both make the kernel wait for RCU grace
+// periods, and the waits serialise unless ordered: the rules go first
+// over a connection closed only at the end, so their wait (paid on close)
+// runs during the veth's unregistration instead of before it.
+func Del(ctx context.Context, plugin, network, ipamType string, args *skel.CmdArgs, more ...func(*nftables.Conn, nftown.Attachment) error) error {
+	att := nftown.Attachment{Network: network, ContainerID: args.ContainerID, IfName: args.IfName}
+	var errs []error
+	// Rules go whether or not the config still asks for them: a config
+	// changed since ADD must not leak them.
+	c, err := masq.Lasting()
+	if err != nil {
+		errs = append(errs, masq.CodedCleanup(plugin, err))
+	}
+	if c != nil {
+		defer func() { _ = c.CloseLasting() }()
+		errs = append(errs, masq.CodedCleanup(plugin, masq.RemoveWith(c, att)))
+		for _, rm := range more {
+			errs = append(errs, masq.CodedCleanup(plugin, rm(c, att)))
+		}
+	}
+	work := []func() error{func() error {
+		return Remove(network, HostName(network, args.ContainerID, args.IfName), args.IfName, args.Netns)
+	}}
+	if ipamType != "" {
+		work = append(work, func() error { return ipamcall.Del(ctx, ipamType, args) })
+	}
+	return steps.First(append(errs, steps.Parallel(work...)...)...)
 }
