@@ -14,7 +14,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -33,20 +32,6 @@ func Plugin() plugin.Plugin {
 // ethHeader is the link-layer header a token bucket counts with each
 // packet: a burst smaller than MTU plus this lets no full-size packet pass.
 const ethHeader = 14
-
-func prevResult(c *types.PluginConf) (*current.Result, error) {
-	if c.RawPrevResult == nil {
-		return nil, cnierr.New(cnierr.InvalidConfig, "bandwidth is a chained plugin: the config has no prevResult")
-	}
-	if err := version.ParsePrevResult(c); err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	r, err := current.NewResultFromResult(c.PrevResult)
-	if err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	return r, nil
-}
 
 // containerVeth returns the index of the container's interface and of its
 // veth peer, read inside the container's namespace.
@@ -96,7 +81,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	prev, err := prevResult(&c.PluginConf)
+	prev, err := plugin.RequirePrevResult("bandwidth", &c.PluginConf)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +220,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := prevResult(&c.PluginConf)
+	prev, err := plugin.RequirePrevResult("bandwidth", &c.PluginConf)
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,7 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"net"
-	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ifaceconf"
-	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
@@ -47,17 +44,9 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 	// IPAM first: it refuses a duplicate attachment before anything else
 	// is touched.
 	if n.layer3() {
-		r, err := ipamcall.Add(ctx, n.IPAM.Type, args)
+		ipamRes, err := veth.IPAM(ctx, "bridge", n.IPAM.Type, args, &u)
 		if err != nil {
 			return nil, err
-		}
-		u.Push(func() { _ = ipamcall.Del(context.WithoutCancel(ctx), n.IPAM.Type, args) })
-		ipamRes, err := current.NewResultFromResult(r)
-		if err != nil {
-			return nil, cnierr.New(cnierr.Delegate, "bridge: IPAM plugin %q gave an unusable result: %v", n.IPAM.Type, err)
-		}
-		if len(ipamRes.IPs) == 0 {
-			return nil, cnierr.New(cnierr.Delegate, "bridge: IPAM plugin %q returned no IP address", n.IPAM.Type)
 		}
 		result.IPs, result.Routes = ipamRes.IPs, ipamRes.Routes
 		if !ipamRes.DNS.IsEmpty() {
@@ -88,10 +77,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		PeerName: args.IfName, PeerMAC: contMAC, PeerNetns: int(nsFile.Fd()),
 	})
 	if err != nil {
-		if errors.Is(err, syscall.EEXIST) {
-			return nil, alreadyAttached(args, hostName)
-		}
-		return nil, cnierr.New(cnierr.Netlink, "bridge: creating veth %s (host) / %s (container): %v", hostName, args.IfName, err)
+		return nil, veth.CreateError("bridge", args, hostName, err)
 	}
 	u.Push(func() { _, _ = veth.Delete(hostName) })
 	if err := veth.Finish(index, veth.Port{Alias: veth.Alias(n.Name), Hairpin: n.HairpinMode, Isolated: n.PortIsolation}); err != nil {
@@ -143,24 +129,13 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		u.Push(func() { _ = masq.Remove(att) })
 	}
 
-	mtu := n.MTU
-	if mtu == 0 {
-		mtu = 1500 // the kernel's default for a new veth
-	}
+	mtu := veth.ResultMTU(n.MTU)
 	result.Interfaces = []*current.Interface{
 		{Name: br.name, Mac: br.mac.String()},
 		{Name: hostName, Mac: hostMAC.String(), Mtu: mtu},
 		{Name: args.IfName, Mac: contMAC.String(), Mtu: mtu, Sandbox: args.Netns},
 	}
 	return result, nil
-}
-
-// alreadyAttached explains an EEXIST from creating the veth pair.
-func alreadyAttached(args *skel.CmdArgs, hostName string) error {
-	if _, err := netlink.LinkByName(hostName); err == nil {
-		return cnierr.New(cnierr.AlreadyAttached, "bridge: container %s interface %s is already attached (host veth %s exists); DEL it first", args.ContainerID, args.IfName, hostName)
-	}
-	return cnierr.New(cnierr.AlreadyAttached, "bridge: interface %s already exists in network namespace %s", args.IfName, args.Netns)
 }
 
 // gateways completes the gateways of result's addresses (the first

@@ -177,17 +177,7 @@ func TestVersions(t *testing.T) {
 			list := e.ConfList(conf(v, `,"isGateway":true,"ipMasq":true,"ipam":`+dualStack))
 			pod := e.Pod("p")
 			e.In(func() {
-				res, err := e.Runner.CNI.AddNetworkList(context.Background(), list, rt(e, pod))
-				if err != nil {
-					t.Fatalf("ADD: %v", err)
-				}
-				if res.Version() != v {
-					t.Errorf("result version %s, want %s", res.Version(), v)
-				}
-				cur, err := current.NewResultFromResult(res)
-				if err != nil {
-					t.Fatal(err)
-				}
+				cur := e.Runner.AddVersion(t, list, rt(e, pod), v)
 				checkShape(t, cur, e.Tag+"br", pod)
 				if len(cur.IPs) != 2 {
 					t.Errorf("result has %d IPs, want 2", len(cur.IPs))

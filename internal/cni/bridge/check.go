@@ -2,12 +2,8 @@ package bridge
 
 import (
 	"context"
-	"net"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
@@ -15,6 +11,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
 // check verifies that what ADD built (its result is prevResult) is still
@@ -25,7 +22,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	prev, err := prevResult(n)
+	prev, err := veth.PrevResult("bridge", &n.PluginConf)
 	if err != nil {
 		return err
 	}
@@ -34,17 +31,9 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	contIdx, hostIdx := -1, -1
-	for i, iface := range prev.Interfaces {
-		switch {
-		case iface.Sandbox != "" && iface.Name == args.IfName:
-			contIdx = i
-		case iface.Sandbox == "" && iface.Name != n.BrName && hostIdx < 0:
-			hostIdx = i
-		}
-	}
-	if contIdx < 0 || hostIdx < 0 {
-		return cnierr.New(cnierr.InvalidConfig, "bridge: prevResult lists no container interface %s and host veth", args.IfName)
+	contIdx, hostIdx, err := veth.Ends("bridge", prev, args.IfName, n.BrName)
+	if err != nil {
+		return err
 	}
 	cont, host := prev.Interfaces[contIdx], prev.Interfaces[hostIdx]
 
@@ -63,7 +52,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if hl.Type() != "veth" || hl.Attrs().MasterIndex != brIndex {
 		return cnierr.New(cnierr.InvalidConfig, "bridge: host end %s is not a veth port of %s", host.Name, n.BrName)
 	}
-	if err := sameMAC(host.Name, host.Mac, hl.Attrs().HardwareAddr); err != nil {
+	if err := veth.SameMAC("bridge", host.Name, host.Mac, hl.Attrs().HardwareAddr); err != nil {
 		return err
 	}
 	if n.HairpinMode {
@@ -78,14 +67,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	hostIndex := hl.Attrs().Index
 
 	err = nsutil.Do(args.Netns, func() error {
-		cl, err := netlink.LinkByName(args.IfName)
-		if err != nil {
-			return cnierr.New(cnierr.InvalidConfig, "bridge: interface %s is missing: %v", args.IfName, err)
-		}
-		if cl.Type() != "veth" || cl.Attrs().ParentIndex != hostIndex {
-			return cnierr.New(cnierr.InvalidConfig, "bridge: interface %s is not the peer of host veth %s", args.IfName, host.Name)
-		}
-		if err := sameMAC(args.IfName, cont.Mac, cl.Attrs().HardwareAddr); err != nil {
+		if _, err := veth.CheckPeer("bridge", args.IfName, cont, host, hostIndex); err != nil {
 			return err
 		}
 		return ifaceconf.Check(args.IfName, contIdx, prev)
@@ -112,27 +94,6 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 		if !ok {
 			return cnierr.New(cnierr.InvalidConfig, "bridge: macspoofchk rules of %s/%s are missing from table %s", args.ContainerID, args.IfName, spoofTableName)
 		}
-	}
-	return nil
-}
-
-func prevResult(n *netConf) (*current.Result, error) {
-	if err := version.ParsePrevResult(&n.PluginConf); err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "bridge: prevResult: %v", err)
-	}
-	if n.PrevResult == nil {
-		return nil, cnierr.New(cnierr.InvalidConfig, "bridge: CHECK needs prevResult")
-	}
-	prev, err := current.NewResultFromResult(n.PrevResult)
-	if err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "bridge: prevResult: %v", err)
-	}
-	return prev, nil
-}
-
-func sameMAC(name, want string, have net.HardwareAddr) error {
-	if want != "" && !strings.EqualFold(want, have.String()) {
-		return cnierr.New(cnierr.InvalidConfig, "bridge: %s has MAC %s, prevResult says %s", name, have, want)
 	}
 	return nil
 }

@@ -8,42 +8,22 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
-	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
-// del releases the address, deletes the veth and removes the rules, each
-// found from the attachment's identity alone. Every step runs even when
-// another fails; the first failure is reported. The bridge stays: other
-// attachments may use it.
-//
-// Both deletions make the kernel wait for RCU grace periods, and the
-// waits serialise unless ordered: the rules go first over a connection
-// closed only at the end, so their wait (paid on close) runs during the
-// veth's unregistration instead of before it.
+// del releases the address, deletes the veth and removes the rules (see
+// veth.Del). The bridge stays: other attachments may use it.
 func del(ctx context.Context, args *skel.CmdArgs) error {
 	n, err := load(args)
 	if err != nil {
 		return err
 	}
-	att := attachment(n, args.ContainerID, args.IfName)
-	var errs []error
-	// Rules go whether or not the config still asks for them: a config
-	// changed since ADD must not leak them.
-	c, err := masq.Lasting()
-	if err != nil {
-		errs = append(errs, masq.CodedCleanup("bridge", err))
-	}
-	if c != nil {
-		defer func() { _ = c.CloseLasting() }()
-		errs = append(errs, masq.CodedCleanup("bridge", masq.RemoveWith(c, att)), masq.CodedCleanup("bridge", removeSpoofCheckWith(c, att)))
-	}
-	work := []func() error{func() error { return veth.Remove(n.Name, hostVethName(n, args), args.IfName, args.Netns) }}
+	ipamType := ""
 	if n.layer3() {
-		work = append(work, func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) })
+		ipamType = n.IPAM.Type
 	}
-	return steps.First(append(errs, steps.Parallel(work...)...)...)
+	return veth.Del(ctx, "bridge", n.Name, ipamType, args, removeSpoofCheckWith)
 }
 
 // gc removes everything of the network's attachments that are not in
@@ -57,12 +37,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 	if n.layer3() {
 		errs = append(errs, ipamcall.GC(ctx, n.IPAM.Type, args))
 	}
-	keep := make([]nftown.Attachment, 0, len(n.ValidAttachments))
-	names := map[string]bool{}
-	for _, v := range n.ValidAttachments {
-		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
-	}
+	keep, names := veth.Keep(n.Name, n.ValidAttachments)
 	errs = append(errs, masq.CodedCleanup("bridge", masq.GC(n.Name, keep)), masq.CodedCleanup("bridge", SpoofTable().GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "bridge: GC: %v", err))

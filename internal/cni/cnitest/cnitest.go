@@ -20,6 +20,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
@@ -198,6 +199,25 @@ func (n *Netns) Link(t testing.TB, name string) netlink.Link {
 	return l
 }
 
+// OnlyLo fails the test if the namespace holds any link but lo: what a
+// failed or undone attachment must leave.
+func (n *Netns) OnlyLo(t testing.TB) {
+	t.Helper()
+	var names []string
+	n.Do(t, func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if l.Attrs().Name != "lo" {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if len(names) > 0 {
+		t.Errorf("netns %s still has links %v", n.Name, names)
+	}
+}
+
 // Runner drives plugins through libcni with its own cache directory.
 type Runner struct {
 	CNI      *libcni.CNIConfig
@@ -211,6 +231,24 @@ func NewRunner(t testing.TB, extraPath ...string) *Runner {
 	cache := t.TempDir()
 	path := append(append([]string{}, extraPath...), BinDir(t))
 	return &Runner{CNI: libcni.NewCNIConfigWithCacheDir(path, cache, nil), CacheDir: cache}
+}
+
+// AddVersion runs ADD of list, which must succeed with a result of
+// cniVersion version, and returns that result as the current version.
+func (r *Runner) AddVersion(t testing.TB, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, version string) *current.Result {
+	t.Helper()
+	res, err := r.CNI.AddNetworkList(context.Background(), list, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if res.Version() != version {
+		t.Errorf("result version %s, want %s", res.Version(), version)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cur
 }
 
 // ConfList parses a network configuration list.
@@ -253,7 +291,32 @@ type ExecResult struct {
 // stdin, as a runtime would, and decodes an error if one was printed.
 func Exec(t testing.TB, plugin string, env map[string]string, stdin string) ExecResult {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(BinDir(t), plugin))
+	r, err := execPlugin(BinDir(t), plugin, env, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// ExecIn is Exec from inside ns: the child inherits the namespace of the
+// locked thread that starts it.
+func ExecIn(t testing.TB, ns *Netns, plugin string, env map[string]string, stdin string) ExecResult {
+	t.Helper()
+	dir := BinDir(t)
+	var r ExecResult
+	err := ns.Try(func() error {
+		var err error
+		r, err = execPlugin(dir, plugin, env, stdin)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("in netns %s: %v", ns.Name, err)
+	}
+	return r
+}
+
+func execPlugin(dir, plugin string, env map[string]string, stdin string) (ExecResult, error) {
+	cmd := exec.Command(filepath.Join(dir, plugin))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -266,16 +329,16 @@ func Exec(t testing.TB, plugin string, env map[string]string, stdin string) Exec
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
 		if !ok {
-			t.Fatalf("running %s: %v", plugin, err)
+			return r, fmt.Errorf("running %s: %v", plugin, err)
 		}
 		r.Exit = ee.ExitCode()
 		e := &types.Error{}
 		if jerr := json.Unmarshal(out.Bytes(), e); jerr != nil {
-			t.Fatalf("%s exited %d without a JSON error on stdout: %q (stderr %q)", plugin, r.Exit, out.String(), errb.String())
+			return r, fmt.Errorf("%s exited %d without a JSON error on stdout: %q (stderr %q)", plugin, r.Exit, out.String(), errb.String())
 		}
 		r.Err = e
 	}
-	return r
+	return r, nil
 }
 
 // NoLinks fails the test if any host link (in the current namespace) has a

@@ -16,7 +16,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/dhcp/api"
@@ -169,15 +168,9 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if c.RawPrevResult == nil {
-		return nil
-	}
-	if err := version.ParsePrevResult(&c.PluginConf); err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	prev, err := current.NewResultFromResult(c.PrevResult)
-	if err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
+	prev, err := plugin.PrevResult(&c.PluginConf)
+	if err != nil || prev == nil {
+		return err
 	}
 	var listed []string
 	for _, ip := range prev.IPs {

@@ -55,6 +55,35 @@ func result(t *testing.T, r types.Result) *current.Result {
 	return cur
 }
 
+// addExec runs ADD for pod "a" by exec, as a runtime would, puts the
+// leased address on its eth0, and returns the address.
+func (lb *lab) addExec(t *testing.T, pod *cnitest.Netns) string {
+	t.Helper()
+	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(""))
+	if res.Err != nil {
+		t.Fatalf("ADD: %v", res.Err)
+	}
+	r, err := current.NewResult(res.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := result(t, r)
+	ip := inRange(t, cur)
+	pod.Do(t, func() error { return ifaceconf.Configure("eth0", 0, cur) })
+	return ip
+}
+
+// delExec runs DEL for pod "a" by exec and checks that the lease is
+// released to dnsmasq and its state file gone.
+func (lb *lab) delExec(t *testing.T, pod *cnitest.Netns) {
+	t.Helper()
+	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
+		t.Fatalf("DEL: %v", res.Err)
+	}
+	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
+	cnitest.EmptyDir(t, lb.state)
+}
+
 // inRange checks that a result's address is one dnsmasq hands out.
 func inRange(t *testing.T, cur *current.Result) string {
 	t.Helper()
@@ -443,11 +472,7 @@ func TestNoOfferTimesOut(t *testing.T) {
 	if res.Err != nil {
 		t.Fatalf("ADD after the server came back: %v", res.Err)
 	}
-	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
-		t.Fatalf("DEL: %v", res.Err)
-	}
-	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
-	cnitest.EmptyDir(t, lb.state)
+	lb.delExec(t, pod)
 }
 
 func TestNetnsGone(t *testing.T) {
@@ -610,17 +635,7 @@ func TestRebinding(t *testing.T) {
 	lb.startDnsmasq(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
 	lb.startDaemon(t)
 	pod := lb.pod(t, "a")
-	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(""))
-	if res.Err != nil {
-		t.Fatalf("ADD: %v", res.Err)
-	}
-	r, err := current.NewResult(res.Stdout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := result(t, r)
-	ip := inRange(t, cur)
-	pod.Do(t, func() error { return ifaceconf.Configure("eth0", 0, cur) })
+	ip := lb.addExec(t, pod)
 	// Renewals are unicast to the MAC address the server answered from;
 	// giving br0 another one makes them vanish, while broadcasts still
 	// reach dnsmasq.
@@ -641,11 +656,7 @@ func TestRebinding(t *testing.T) {
 	}
 	// Later renewals go to the address the rebinding answer came from.
 	waitFor(t, "a unicast renewal after rebinding", 30*time.Second, func() bool { return lb.daemon.log.Count("renewing: lease "+ip+" extended") > 0 })
-	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
-		t.Fatalf("DEL: %v", res.Err)
-	}
-	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
-	cnitest.EmptyDir(t, lb.state)
+	lb.delExec(t, pod)
 }
 
 // A daemon that was down past a lease's expiry finds it expired on
@@ -655,17 +666,7 @@ func TestReacquireAfterExpiry(t *testing.T) {
 	lb.startDnsmasq(t)
 	lb.startDaemon(t)
 	pod := lb.pod(t, "a")
-	res := cnitest.Exec(t, "dhcp", env("ADD", lb.tag+"-a", pod.Path, "eth0"), lb.conf(""))
-	if res.Err != nil {
-		t.Fatalf("ADD: %v", res.Err)
-	}
-	r, err := current.NewResult(res.Stdout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := result(t, r)
-	ip := inRange(t, cur)
-	pod.Do(t, func() error { return ifaceconf.Configure("eth0", 0, cur) })
+	ip := lb.addExec(t, pod)
 	if err := lb.daemon.Stop(t); err != nil {
 		t.Fatalf("daemon exit: %v", err)
 	}
@@ -704,9 +705,5 @@ func TestReacquireAfterExpiry(t *testing.T) {
 	if res := cnitest.Exec(t, "dhcp", env("CHECK", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
 		t.Errorf("CHECK after re-acquiring: %v", res.Err)
 	}
-	if res := cnitest.Exec(t, "dhcp", env("DEL", lb.tag+"-a", pod.Path, "eth0"), lb.conf("")); res.Err != nil {
-		t.Fatalf("DEL: %v", res.Err)
-	}
-	waitFor(t, "dnsmasq to drop the released lease", 5*time.Second, func() bool { return len(lb.leases(t)) == 0 })
-	cnitest.EmptyDir(t, lb.state)
+	lb.delExec(t, pod)
 }

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +24,9 @@ func cnitool(t *testing.T, netDir string, env []string, args ...string) (string,
 	t.Helper()
 	path, err := exec.LookPath("cnitool")
 	if err != nil {
-		t.Fatalf("cnitool is not on PATH: run 'make deps' (it installs github.com/containernetworking/cni/cnitool into .tools/bin): %v", err)
+		// An error, not t.Fatal: callers run this inside Netns.Try, whose
+		// goroutine must return.
+		return "", fmt.Errorf("cnitool is not on PATH: run 'make deps' (it installs github.com/containernetworking/cni/cnitool into .tools/bin): %v", err)
 	}
 	cmd := exec.CommandContext(context.Background(), path, args...)
 	cmd.Env = append(os.Environ(), "NETCONFPATH="+netDir, "CNI_PATH="+cnitest.BinDir(t))

@@ -3,57 +3,17 @@ package firewall
 import (
 	"net"
 
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
+
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 )
-
-// fam is one IP family as the rules need it.
-type fam struct {
-	nfproto  byte
-	saddrOff uint32
-	daddrOff uint32
-	alen     uint32
-}
-
-func famOf(ip net.IP) fam {
-	if ip.To4() != nil {
-		return fam{nfproto: unix.NFPROTO_IPV4, saddrOff: 12, daddrOff: 16, alen: 4}
-	}
-	return fam{nfproto: unix.NFPROTO_IPV6, saddrOff: 8, daddrOff: 24, alen: 16}
-}
-
-func (f fam) bytes(ip net.IP) []byte {
-	if f.alen == 4 {
-		return ip.To4()
-	}
-	return ip.To16()
-}
-
-func nfproto(f fam) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
-	}
-}
 
 // addr compares the source (dst false) or destination address with ip,
 // laid out exactly as iptables-nft writes -s/-d ADDR/32 (or /128).
 func addr(ip net.IP, dst bool, negate bool) []expr.Any {
-	f := famOf(ip)
-	off := f.saddrOff
-	if dst {
-		off = f.daddrOff
-	}
-	op := expr.CmpOpEq
-	if negate {
-		op = expr.CmpOpNeq
-	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.alen},
-		&expr.Cmp{Op: op, Register: 1, Data: f.bytes(ip)},
-	}
+	return nftexpr.Addr(nftexpr.FamOf(ip), dst, nftexpr.HostNet(ip), negate)
 }
 
 func ifnameData(name string) []byte {
@@ -74,15 +34,6 @@ func iface(out bool, name string, negate bool) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
 		&expr.Cmp{Op: op, Register: 1, Data: ifnameData(name)},
-	}
-}
-
-// ctMask matches a conntrack key (state or status) having any bit of mask.
-func ctMask(key expr.CtKey, mask uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: 1, Key: key},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	}
 }
 
@@ -115,12 +66,4 @@ func counted(k expr.VerdictKind) []expr.Any {
 
 func jump(chain string) []expr.Any {
 	return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}
-}
-
-func concat(parts ...[]expr.Any) []expr.Any {
-	var out []expr.Any
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
 }

@@ -29,12 +29,12 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
@@ -92,16 +92,11 @@ func parse(stdin []byte) (*parsed, error) {
 	if err := cnierr.Decode(stdin, &p.conf); err != nil {
 		return nil, err
 	}
-	if p.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&p.PluginConf); err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		prev, err := current.NewResultFromResult(p.PrevResult)
-		if err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		p.prev = prev
+	prev, err := plugin.PrevResult(&p.PluginConf)
+	if err != nil {
+		return nil, err
 	}
+	p.prev = prev
 	switch p.Backend {
 	case "", "iptables", "firewalld", "nftables":
 	default:
@@ -195,24 +190,24 @@ func lenient(stdin []byte) (*types.PluginConf, error) {
 func ownRules(p *parsed, ips []net.IP, bridge string) [][]expr.Any {
 	var out [][]expr.Any
 	for _, ip := range ips {
-		f := famOf(ip)
+		f := nftexpr.FamOf(ip)
 		out = append(out,
-			concat(nfproto(f), addr(ip, false, false), jump(p.admin)),
-			concat(nfproto(f), addr(ip, true, false), jump(p.admin)))
+			nftexpr.Concat(nftexpr.NFProto(f), addr(ip, false, false), jump(p.admin)),
+			nftexpr.Concat(nftexpr.NFProto(f), addr(ip, true, false), jump(p.admin)))
 	}
 	if p.IngressPolicy == policyOpen {
 		return out
 	}
 	for _, ip := range ips {
-		f := famOf(ip)
+		f := nftexpr.FamOf(ip)
 		// From an isolated container of another bridge.
-		out = append(out, concat(nfproto(f), iface(true, bridge, false), addr(ip, true, false), iface(false, bridge, true),
+		out = append(out, nftexpr.Concat(nftexpr.NFProto(f), iface(true, bridge, false), addr(ip, true, false), iface(false, bridge, true),
 			isolatedSource(ip), counted(expr.VerdictDrop)))
 		if p.IngressPolicy == policyIsolated {
 			// From any other container of the same bridge. Bridged
 			// traffic reaches this hook only with br_netfilter
 			// (bridge-nf-call-iptables=1), as for the reference.
-			out = append(out, concat(nfproto(f), iface(true, bridge, false), iface(false, bridge, false), addr(ip, true, false),
+			out = append(out, nftexpr.Concat(nftexpr.NFProto(f), iface(true, bridge, false), iface(false, bridge, false), addr(ip, true, false),
 				addr(ip, false, true), counted(expr.VerdictDrop)))
 		}
 	}
@@ -300,7 +295,7 @@ func ensure(admin string, sets bool) error {
 		have := map[string]bool{}
 		if haveTable {
 			existing, err := c.GetSets(tbl)
-			if err != nil && !notFound(err) {
+			if err != nil && !nftexpr.NotFound(err) {
 				return fmt.Errorf("nftables: listing sets of %s: %w", TableName, err)
 			}
 			for _, s := range existing {
@@ -374,7 +369,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: att.ChainName("forward"), Table: tbl})
 	if err != nil {
-		if notFound(err) {
+		if nftexpr.NotFound(err) {
 			return cnierr.New(cnierr.InvalidConfig, "chain %s/%s is missing: the firewall rules of this attachment are not installed", TableName, att.ChainName("forward"))
 		}
 		return cnierr.New(cnierr.Netlink, "listing %s/%s: %v", TableName, att.ChainName("forward"), err)
@@ -404,11 +399,9 @@ func gc(_ context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	keep := make([]nftown.Attachment, 0, len(p.ValidAttachments))
+	keep := nftown.Keep(p.Name, p.ValidAttachments)
 	valid := map[string]bool{}
-	for _, a := range p.ValidAttachments {
-		att := nftown.Attachment{Network: p.Name, ContainerID: a.ContainerID, IfName: a.IfName}
-		keep = append(keep, att)
+	for _, att := range keep {
 		valid[att.Tag()] = true
 	}
 	netTag := nftown.NetworkTag(p.Name) + "-"
@@ -424,11 +417,7 @@ func status(_ context.Context, args *skel.CmdArgs) error {
 	if _, err := parse(args.StdinData); err != nil {
 		return err
 	}
-	c, err := nftables.New()
-	if err == nil {
-		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
-	}
-	if err != nil {
+	if err := nftown.Usable(); err != nil {
 		return cnierr.New(cnierr.NotAvailable, "nftables is not usable: %v", err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 
+	"github.com/tripod-dev/tripod/internal/cni/chaintest"
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
@@ -79,25 +80,25 @@ func routedPair(t *testing.T, e *env) (pod, out *peer) {
 func TestForeignDropChains(t *testing.T) {
 	e := newEnv(t)
 	pod, out := routedPair(t, e)
-	reach(t, pod.ns, hostPort("10.88.0.2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	e.host.Do(t, func() error { return dropForward(e.tag) })
-	blocked(t, pod.ns, hostPort("10.88.0.2", 9000))
-	blocked(t, pod.ns, hostPort("fd00:88::2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("fd00:88::2", 9000))
 
 	conf := e.conf(t, "firewall", pod.prevResult(), nil)
 	e.must(t, "firewall", "ADD", "a", pod.ns.Path, conf)
-	reach(t, pod.ns, hostPort("10.88.0.2", 9000))
-	reach(t, pod.ns, hostPort("fd00:88::2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("fd00:88::2", 9000))
 	// Only replies come back in: the outside cannot open connections to
 	// the container...
-	blocked(t, out.ns, hostPort("10.99.0.2", 8080))
-	blocked(t, out.ns, hostPort("fd00:99::2", 8080))
+	blocked(t, out.ns, chaintest.HostPort("10.99.0.2", 8080))
+	blocked(t, out.ns, chaintest.HostPort("fd00:99::2", 8080))
 	// ...except through a published port.
 	pm := e.conf(t, "portmap", pod.prevResult(), map[string]any{"runtimeConfig": map[string]any{
 		"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}}}})
 	e.must(t, "portmap", "ADD", "a", pod.ns.Path, pm)
-	reach(t, out.ns, hostPort("10.88.0.1", 18080))
-	reach(t, out.ns, hostPort("fd00:88::1", 18080))
+	reach(t, out.ns, chaintest.HostPort("10.88.0.1", 18080))
+	reach(t, out.ns, chaintest.HostPort("fd00:88::1", 18080))
 	e.must(t, "portmap", "DEL", "a", pod.ns.Path, pm)
 
 	// iptables-nft still understands the chains it manages.
@@ -127,8 +128,8 @@ func TestForeignDropChains(t *testing.T) {
 	}
 
 	e.must(t, "firewall", "DEL", "a", pod.ns.Path, conf)
-	blocked(t, pod.ns, hostPort("10.88.0.2", 9000))
-	blocked(t, pod.ns, hostPort("fd00:88::2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("fd00:88::2", 9000))
 	if got := forwardRules(t, e); len(got) != 1 || got[0] != "admin rule" {
 		t.Errorf("ip filter FORWARD after DEL: %q, want only the admin rule", got)
 	}
@@ -140,7 +141,7 @@ func TestForeignDropChains(t *testing.T) {
 
 	// DEL needs neither the netns nor prevResult.
 	e.must(t, "firewall", "ADD", "b", pod.ns.Path, conf)
-	reach(t, pod.ns, hostPort("10.88.0.2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	pod.ns.Remove(t)
 	e.must(t, "firewall", "DEL", "b", pod.ns.Path, e.conf(t, "firewall", nil, nil))
 	e.noLeaks(t)
@@ -155,7 +156,7 @@ func TestForeignChainsNone(t *testing.T) {
 	e.host.Do(t, func() error { return dropForward(e.tag) })
 	conf := e.conf(t, "firewall", pod.prevResult(), map[string]any{"foreignChains": "none", "backend": "iptables"})
 	e.must(t, "firewall", "ADD", "a", pod.ns.Path, conf)
-	blocked(t, pod.ns, hostPort("10.88.0.2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	if got := forwardRules(t, e); len(got) != 1 {
 		t.Errorf("foreignChains none wrote to ip filter FORWARD: %q", got)
 	}
@@ -171,7 +172,7 @@ func TestAdminChain(t *testing.T) {
 	pod, _ := routedPair(t, e)
 	conf := e.conf(t, "firewall", pod.prevResult(), map[string]any{"iptablesAdminChainName": "MY-ADMIN"})
 	e.must(t, "firewall", "ADD", "a", pod.ns.Path, conf)
-	reach(t, pod.ns, hostPort("10.88.0.2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	e.host.Do(t, func() error {
 		c, err := nftables.New()
 		if err != nil {
@@ -181,9 +182,9 @@ func TestAdminChain(t *testing.T) {
 		c.AddRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "MY-ADMIN", Table: tbl}, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
 		return c.Flush()
 	})
-	blocked(t, pod.ns, hostPort("10.88.0.2", 9000))
+	blocked(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	e.must(t, "firewall", "DEL", "a", pod.ns.Path, conf)
-	reach(t, pod.ns, hostPort("10.88.0.2", 9000))
+	reach(t, pod.ns, chaintest.HostPort("10.88.0.2", 9000))
 	e.noLeaks(t)
 }
 
@@ -198,30 +199,30 @@ func TestSameBridge(t *testing.T) {
 	for _, p := range []*peer{out, p1, p2, p3} {
 		serve(t, p.ns, 8080)
 	}
-	reach(t, p1.ns, hostPort("10.92.0.2", 8080))
+	reach(t, p1.ns, chaintest.HostPort("10.92.0.2", 8080))
 
 	confs := map[*peer]string{}
 	for i, p := range []*peer{p1, p2, p3} {
 		confs[p] = e.conf(t, "firewall", p.prevResult(), map[string]any{"ingressPolicy": "same-bridge"})
 		e.must(t, "firewall", "ADD", string(rune('1'+i)), p.ns.Path, confs[p])
 	}
-	blocked(t, p1.ns, hostPort("10.92.0.2", 8080))
-	blocked(t, p2.ns, hostPort("10.91.0.2", 8080))
-	blocked(t, p3.ns, hostPort("10.91.0.2", 8080))
-	reach(t, p3.ns, hostPort("10.92.0.2", 8080)) // same bridge
-	reach(t, p1.ns, hostPort("10.88.0.2", 8080)) // the outside, routed
-	reach(t, out.ns, hostPort("10.91.0.2", 8080))
+	blocked(t, p1.ns, chaintest.HostPort("10.92.0.2", 8080))
+	blocked(t, p2.ns, chaintest.HostPort("10.91.0.2", 8080))
+	blocked(t, p3.ns, chaintest.HostPort("10.91.0.2", 8080))
+	reach(t, p3.ns, chaintest.HostPort("10.92.0.2", 8080)) // same bridge
+	reach(t, p1.ns, chaintest.HostPort("10.88.0.2", 8080)) // the outside, routed
+	reach(t, out.ns, chaintest.HostPort("10.91.0.2", 8080))
 	e.must(t, "firewall", "CHECK", "1", p1.ns.Path, confs[p1])
 
 	// Once p2 leaves, it is neither protected nor treated as isolated.
 	e.must(t, "firewall", "DEL", "2", p2.ns.Path, confs[p2])
-	reach(t, p1.ns, hostPort("10.92.0.2", 8080))
-	reach(t, p2.ns, hostPort("10.91.0.2", 8080))
-	blocked(t, p3.ns, hostPort("10.91.0.2", 8080))
+	reach(t, p1.ns, chaintest.HostPort("10.92.0.2", 8080))
+	reach(t, p2.ns, chaintest.HostPort("10.91.0.2", 8080))
+	blocked(t, p3.ns, chaintest.HostPort("10.91.0.2", 8080))
 
 	e.must(t, "firewall", "DEL", "1", p1.ns.Path, confs[p1])
 	e.must(t, "firewall", "DEL", "3", p3.ns.Path, confs[p3])
-	reach(t, p3.ns, hostPort("10.91.0.2", 8080))
+	reach(t, p3.ns, chaintest.HostPort("10.91.0.2", 8080))
 	e.noLeaks(t)
 }
 
@@ -245,16 +246,16 @@ func TestIsolated(t *testing.T) {
 	for _, p := range []*peer{out, p1, p2} {
 		serve(t, p.ns, 8080)
 	}
-	reach(t, p2.ns, hostPort("10.91.0.2", 8080))
+	reach(t, p2.ns, chaintest.HostPort("10.91.0.2", 8080))
 	conf := e.conf(t, "firewall", p1.prevResult(), map[string]any{"ingressPolicy": "isolated"})
 	e.must(t, "firewall", "ADD", "1", p1.ns.Path, conf)
-	blocked(t, p2.ns, hostPort("10.91.0.2", 8080))
-	blocked(t, p2.ns, hostPort("fd00:91::2", 8080))
-	reach(t, out.ns, hostPort("10.91.0.2", 8080))
-	reach(t, p1.ns, hostPort("10.88.0.2", 8080))
+	blocked(t, p2.ns, chaintest.HostPort("10.91.0.2", 8080))
+	blocked(t, p2.ns, chaintest.HostPort("fd00:91::2", 8080))
+	reach(t, out.ns, chaintest.HostPort("10.91.0.2", 8080))
+	reach(t, p1.ns, chaintest.HostPort("10.88.0.2", 8080))
 	e.must(t, "firewall", "CHECK", "1", p1.ns.Path, conf)
 	e.must(t, "firewall", "DEL", "1", p1.ns.Path, conf)
-	reach(t, p2.ns, hostPort("10.91.0.2", 8080))
+	reach(t, p2.ns, chaintest.HostPort("10.91.0.2", 8080))
 	e.noLeaks(t)
 }
 
@@ -271,23 +272,23 @@ func TestGC(t *testing.T) {
 	c2 := e.conf(t, "firewall", p2.prevResult(), extra)
 	e.must(t, "firewall", "ADD", "1", p1.ns.Path, c1)
 	e.must(t, "firewall", "ADD", "2", p2.ns.Path, c2)
-	reach(t, p1.ns, hostPort("10.88.0.2", 9000))
-	reach(t, p2.ns, hostPort("10.88.0.2", 9000))
+	reach(t, p1.ns, chaintest.HostPort("10.88.0.2", 9000))
+	reach(t, p2.ns, chaintest.HostPort("10.88.0.2", 9000))
 
 	gc := e.conf(t, "firewall", nil, map[string]any{"cni.dev/valid-attachments": []map[string]string{{"containerID": "1", "ifname": "eth0"}}})
 	e.must(t, "firewall", "GC", "", "", gc)
-	reach(t, p1.ns, hostPort("10.88.0.2", 9000))
-	blocked(t, p2.ns, hostPort("10.88.0.2", 9000))
+	reach(t, p1.ns, chaintest.HostPort("10.88.0.2", 9000))
+	blocked(t, p2.ns, chaintest.HostPort("10.88.0.2", 9000))
 	e.must(t, "firewall", "CHECK", "1", p1.ns.Path, c1)
 	if err := e.exec(t, "firewall", "CHECK", "2", p2.ns.Path, c2); err == nil {
 		t.Error("CHECK of the collected attachment succeeded")
 	}
 	// Another network's GC leaves this one alone.
 	e.must(t, "firewall", "GC", "", "", strings.Replace(gc, e.tag, e.tag+"x", 1))
-	reach(t, p1.ns, hostPort("10.88.0.2", 9000))
+	reach(t, p1.ns, chaintest.HostPort("10.88.0.2", 9000))
 
 	e.must(t, "firewall", "GC", "", "", e.conf(t, "firewall", nil, map[string]any{"cni.dev/valid-attachments": []any{}}))
-	blocked(t, p1.ns, hostPort("10.88.0.2", 9000))
+	blocked(t, p1.ns, chaintest.HostPort("10.88.0.2", 9000))
 	if got := forwardRules(t, e); len(got) != 1 {
 		t.Errorf("ip filter FORWARD after GC: %q, want only the admin rule", got)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
 
@@ -81,21 +82,21 @@ func forwardChains(c *nftables.Conn, dropOnly bool) ([]*nftables.Chain, error) {
 func foreignRules(tf nftables.TableFamily, ips []net.IP) [][]expr.Any {
 	var out [][]expr.Any
 	for _, ip := range ips {
-		f := famOf(ip)
+		f := nftexpr.FamOf(ip)
 		switch {
 		case tf == nftables.TableFamilyINet:
-			pre := nfproto(f)
+			pre := nftexpr.NFProto(f)
 			out = append(out,
-				concat(pre, addr(ip, false, false), counted(expr.VerdictAccept)),
-				concat(pre, addr(ip, true, false), ctMask(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), counted(expr.VerdictAccept)),
-				concat(pre, addr(ip, true, false), ctMask(expr.CtKeySTATUS, ipsDstNAT), counted(expr.VerdictAccept)))
-		case byte(tf) == f.nfproto:
+				nftexpr.Concat(pre, addr(ip, false, false), counted(expr.VerdictAccept)),
+				nftexpr.Concat(pre, addr(ip, true, false), nftexpr.CtBits(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), counted(expr.VerdictAccept)),
+				nftexpr.Concat(pre, addr(ip, true, false), nftexpr.CtBits(expr.CtKeySTATUS, ipsDstNAT), counted(expr.VerdictAccept)))
+		case byte(tf) == f.NFProto:
 			// iptables-nft's own encoding of
 			//   -s IP -j ACCEPT
 			//   -d IP -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT
 			out = append(out,
-				concat(addr(ip, false, false), counted(expr.VerdictAccept)),
-				concat(addr(ip, true, false), xtReplies(), counted(expr.VerdictAccept)))
+				nftexpr.Concat(addr(ip, false, false), counted(expr.VerdictAccept)),
+				nftexpr.Concat(addr(ip, true, false), xtReplies(), counted(expr.VerdictAccept)))
 		}
 	}
 	return out

@@ -1,16 +1,9 @@
 package firewall_test
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,8 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/chaintest"
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/firewall"
 )
@@ -41,10 +34,10 @@ func newEnv(t *testing.T) *env {
 	e := &env{tag: cnitest.Tag(t)}
 	e.host = cnitest.NewNetns(t, e.tag+"-host")
 	e.host.Do(t, func() error {
-		if err := sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0", "ipv4/ip_forward=1", "ipv6/conf/all/forwarding=1"); err != nil {
+		if err := chaintest.Sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0", "ipv4/ip_forward=1", "ipv6/conf/all/forwarding=1"); err != nil {
 			return err
 		}
-		return up("lo")
+		return chaintest.Up("lo")
 	})
 	return e
 }
@@ -65,7 +58,7 @@ func (e *env) addPeer(t *testing.T, bridge string, addrs, gws []string) *peer {
 	p := &peer{ns: cnitest.NewNetns(t, fmt.Sprintf("%s-c%d", e.tag, e.n)), hostSide: fmt.Sprintf("%sv%d", e.tag, e.n), bridge: bridge}
 	p.ips = append(p.ips, addrs...)
 	p.ns.Do(t, func() error {
-		return sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0")
+		return chaintest.Sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0")
 	})
 	f, err := os.Open(p.ns.Path)
 	if err != nil {
@@ -95,20 +88,20 @@ func (e *env) addPeer(t *testing.T, bridge string, addrs, gws []string) *peer {
 				ones, _ := n.Mask.Size()
 				hostAddrs = append(hostAddrs, fmt.Sprintf("%s/%d", gw, ones))
 			}
-			if err := addAddrs(p.hostSide, hostAddrs...); err != nil {
+			if err := chaintest.AddAddrs(p.hostSide, hostAddrs...); err != nil {
 				return err
 			}
 		}
-		return up(p.hostSide)
+		return chaintest.Up(p.hostSide)
 	})
 	p.ns.Do(t, func() error {
-		if err := up("lo"); err != nil {
+		if err := chaintest.Up("lo"); err != nil {
 			return err
 		}
-		if err := addAddrs("eth0", addrs...); err != nil {
+		if err := chaintest.AddAddrs("eth0", addrs...); err != nil {
 			return err
 		}
-		if err := up("eth0"); err != nil {
+		if err := chaintest.Up("eth0"); err != nil {
 			return err
 		}
 		l, err := netlink.LinkByName("eth0")
@@ -132,10 +125,10 @@ func (e *env) addBridge(t *testing.T, name string, addrs ...string) {
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 			return err
 		}
-		if err := addAddrs(name, addrs...); err != nil {
+		if err := chaintest.AddAddrs(name, addrs...); err != nil {
 			return err
 		}
-		return up(name)
+		return chaintest.Up(name)
 	})
 }
 
@@ -157,47 +150,13 @@ func (p *peer) prevResult() map[string]any {
 
 func (e *env) conf(t *testing.T, typ string, prev map[string]any, extra map[string]any) string {
 	t.Helper()
-	c := map[string]any{"cniVersion": "1.1.0", "name": e.tag, "type": typ}
-	if prev != nil {
-		c["prevResult"] = prev
-	}
-	for k, v := range extra {
-		c[k] = v
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return chaintest.Conf(t, e.tag, typ, prev, extra)
 }
 
 // exec runs a plugin from inside the host netns.
 func (e *env) exec(t *testing.T, plugin, cmd, containerID, netns, stdin string) *types.Error {
 	t.Helper()
-	var cniErr *types.Error
-	err := e.host.Try(func() error {
-		c := exec.Command(filepath.Join(cnitest.BinDir(t), plugin))
-		c.Env = []string{"PATH=" + os.Getenv("PATH"), "CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + containerID,
-			"CNI_NETNS=" + netns, "CNI_IFNAME=eth0", "CNI_PATH=" + cnitest.BinDir(t)}
-		c.Stdin = strings.NewReader(stdin)
-		var out, stderr bytes.Buffer
-		c.Stdout, c.Stderr = &out, &stderr
-		if runErr := c.Run(); runErr != nil {
-			var ee *exec.ExitError
-			if !errors.As(runErr, &ee) {
-				return runErr
-			}
-			cniErr = &types.Error{}
-			if err := json.Unmarshal(out.Bytes(), cniErr); err != nil {
-				return fmt.Errorf("%s %s exited %d without a JSON error: %q (stderr %q)", plugin, cmd, ee.ExitCode(), out.String(), stderr.String())
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("running %s %s: %v", plugin, cmd, err)
-	}
-	return cniErr
+	return chaintest.Exec(t, e.host, plugin, cmd, containerID, netns, stdin).Err
 }
 
 func (e *env) must(t *testing.T, plugin, cmd, containerID, netns, stdin string) {
@@ -257,88 +216,15 @@ func tagged(network string) []string {
 	return out
 }
 
-func sysctls(kvs ...string) error {
-	for _, kv := range kvs {
-		k, v, _ := strings.Cut(kv, "=")
-		if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func up(name string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
-}
-
-func addAddrs(name string, addrs ...string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		ipn, err := netlink.ParseIPNet(a)
-		if err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("adding %s to %s: %w", a, name, err)
-		}
-	}
-	return nil
-}
-
 // serve answers TCP connections inside ns on port with the peer address.
 func serve(t *testing.T, ns *cnitest.Netns, port int) {
 	t.Helper()
-	var ln net.Listener
-	ns.Do(t, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintf(c, "from %s\n", host)
-			c.Close()
-		}
-	}()
-}
-
-func dial(ns *cnitest.Netns, addr string, timeout time.Duration) (string, error) {
-	var got string
-	err := ns.Try(func() error {
-		c, err := net.DialTimeout("tcp", addr, timeout)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
-			return err
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		got = strings.TrimSpace(line)
-		return nil
-	})
-	return got, err
+	chaintest.ServeTCP(t, ns, fmt.Sprintf(":%d", port), "from ")
 }
 
 func reach(t *testing.T, ns *cnitest.Netns, addr string) {
 	t.Helper()
-	if got, err := dial(ns, addr, dialTimeout); err != nil || !strings.HasPrefix(got, "from ") {
+	if got, err := chaintest.Dial(ns, "tcp", addr, dialTimeout); err != nil || !strings.HasPrefix(got, "from ") {
 		t.Fatalf("%s from %s: %q, %v", addr, ns.Name, got, err)
 	}
 }
@@ -346,9 +232,7 @@ func reach(t *testing.T, ns *cnitest.Netns, addr string) {
 func blocked(t *testing.T, ns *cnitest.Netns, addr string) {
 	t.Helper()
 	// A dropped SYN shows as a timeout; a second is ample on veths.
-	if got, err := dial(ns, addr, time.Second); err == nil {
+	if got, err := chaintest.Dial(ns, "tcp", addr, time.Second); err == nil {
 		t.Fatalf("%s from %s answered %q, want it blocked", addr, ns.Name, got)
 	}
 }
-
-func hostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }

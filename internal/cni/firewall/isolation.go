@@ -1,16 +1,14 @@
 package firewall
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"strings"
-	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
 
@@ -43,17 +41,17 @@ func isoSetFor(ip net.IP) *nftables.Set {
 }
 
 func isoKey(bridge string, ip net.IP) []byte {
-	return append(ifnameData(bridge), famOf(ip).bytes(ip)...)
+	return append(ifnameData(bridge), nftexpr.FamOf(ip).Bytes(ip)...)
 }
 
 // isolatedSource matches packets whose (input interface, source address)
 // is in the isolation set of ip's family. Concatenated lookups take
 // 32-bit registers: iifname fills NFT_REG32_00..03, the address follows.
 func isolatedSource(ip net.IP) []expr.Any {
-	f := famOf(ip)
+	f := nftexpr.FamOf(ip)
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: unix.NFT_REG32_00},
-		&expr.Payload{DestRegister: unix.NFT_REG32_04, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddrOff, Len: f.alen},
+		&expr.Payload{DestRegister: unix.NFT_REG32_04, Base: expr.PayloadBaseNetworkHeader, Offset: f.SaddrOff, Len: f.Alen},
 		&expr.Lookup{SourceRegister: unix.NFT_REG32_00, SetName: isoSetFor(ip).Name},
 	}
 }
@@ -112,7 +110,7 @@ func removeIsolated(match func(tag string) bool) error {
 	for _, s := range isoSets() {
 		have, err := c.GetSetElements(s)
 		if err != nil {
-			if notFound(err) {
+			if nftexpr.NotFound(err) {
 				continue // no set, no table: nothing was ever isolated
 			}
 			return fmt.Errorf("listing set %s: %w", s.Name, err)
@@ -137,12 +135,6 @@ func removeIsolated(match func(tag string) bool) error {
 		return fmt.Errorf("nftables: deleting isolation set elements: %w", err)
 	}
 	return nil
-}
-
-// notFound reports ENOENT from the kernel. google/nftables formats the
-// netlink error into its own (%v), so errors.Is alone cannot see it.
-func notFound(err error) bool {
-	return errors.Is(err, syscall.ENOENT) || strings.HasSuffix(err.Error(), syscall.ENOENT.Error())
 }
 
 func checkIsolated(a nftown.Attachment, bridge string, ips []net.IP) error {

@@ -26,7 +26,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -38,6 +37,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
+	"github.com/tripod-dev/tripod/internal/cni/podlink"
 )
 
 // Plugin returns the host-device plugin.
@@ -256,56 +256,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
 		})
 	}
 
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	if c.IPAM.Type != "" {
-		r, err := ipamcall.Add(ctx, c.IPAM.Type, args)
-		if err != nil {
-			giveBack()
-			return nil, err
-		}
-		if res, err = current.NewResultFromResult(r); err != nil || len(res.IPs) == 0 {
-			giveBack()
-			_ = ipamcall.Del(ctx, c.IPAM.Type, args)
-			if err == nil {
-				err = errors.New("no addresses")
-			}
-			return nil, cnierr.New(cnierr.Delegate, "IPAM plugin %q result: %v", c.IPAM.Type, err)
-		}
-	}
-	err = nsutil.DoFile(nsf, func() error {
-		l, err := netlink.LinkByName(args.IfName)
-		if err != nil {
-			return cnierr.New(cnierr.Netlink, "finding %s after the move: %v", args.IfName, err)
-		}
-		res.Interfaces = []*current.Interface{{
-			Name:    args.IfName,
-			Mac:     l.Attrs().HardwareAddr.String(),
-			Mtu:     l.Attrs().MTU,
-			Sandbox: args.Netns,
-			PciID:   c.PCIAddr,
-		}}
-		for _, ip := range res.IPs {
-			ip.Interface = current.Int(0)
-		}
-		if c.IPAM.Type == "" {
-			if err := netlink.LinkSetUp(l); err != nil {
-				return cnierr.New(cnierr.Netlink, "bringing %s up: %v", args.IfName, err)
-			}
-			return nil
-		}
-		return ifaceconf.Configure(args.IfName, 0, res)
-	})
-	if err != nil {
-		giveBack()
-		if c.IPAM.Type != "" {
-			_ = ipamcall.Del(ctx, c.IPAM.Type, args)
-		}
-		return nil, err
-	}
-	if len(c.DNS.Nameservers) > 0 || c.DNS.Domain != "" || len(c.DNS.Search) > 0 || len(c.DNS.Options) > 0 {
-		res.DNS = c.DNS
-	}
-	return res, nil
+	return podlink.Configure(ctx, args, &c.PluginConf, nsf, c.PCIAddr, giveBack)
 }
 
 func del(ctx context.Context, args *skel.CmdArgs) error {
@@ -404,34 +355,17 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if c.PrevResult == nil {
-		return cnierr.New(cnierr.InvalidConfig, "CHECK needs prevResult in the network config")
-	}
-	prev, err := current.NewResultFromResult(c.PrevResult)
+	prev, idx, err := podlink.Prev(ctx, args, &c.PluginConf)
 	if err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	if c.IPAM.Type != "" {
-		if err := ipamcall.Check(ctx, c.IPAM.Type, args); err != nil {
-			return err
-		}
-	}
-	idx := -1
-	for i, in := range prev.Interfaces {
-		if in.Name == args.IfName && (in.Sandbox == "" || in.Sandbox == args.Netns) {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		return cnierr.New(cnierr.InvalidConfig, "prevResult has no interface %s in %s", args.IfName, args.Netns)
+		return err
 	}
 	return nsutil.Do(args.Netns, func() error {
-		l, err := netlink.LinkByName(args.IfName)
+		l, err := podlink.Link(args)
 		if err != nil {
-			return cnierr.New(cnierr.InvalidConfig, "interface %s is missing from %s: %v", args.IfName, args.Netns, err)
+			return err
 		}
-		if want := prev.Interfaces[idx].Mac; want != "" && !strings.EqualFold(want, l.Attrs().HardwareAddr.String()) {
-			return cnierr.New(cnierr.InvalidConfig, "interface %s has MAC %s, prevResult says %s", args.IfName, l.Attrs().HardwareAddr, want)
+		if err := podlink.SameMAC(args, prev.Interfaces[idx], l); err != nil {
+			return err
 		}
 		if c.Device != "" && l.Attrs().Alias != c.Device {
 			return cnierr.New(cnierr.InvalidConfig, "interface %s is not host device %s (its alias is %q)", args.IfName, c.Device, l.Attrs().Alias)

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
@@ -98,19 +97,6 @@ func (e *env) hostDev(t *testing.T) {
 	}
 }
 
-func onlyLo(t *testing.T, ns *cnitest.Netns) {
-	t.Helper()
-	ns.Do(t, func() error {
-		links, err := netlink.LinkList()
-		for _, l := range links {
-			if l.Attrs().Name != "lo" {
-				t.Errorf("leaked link %s in %s", l.Attrs().Name, ns.Name)
-			}
-		}
-		return err
-	})
-}
-
 func TestLifecycle(t *testing.T) {
 	for _, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
 		for _, sel := range []string{"device", "hwaddr"} {
@@ -123,17 +109,7 @@ func TestLifecycle(t *testing.T) {
 				l := e.list(t, v, selector, e.static())
 				rt := cnitest.RuntimeConf(e.tag, e.pod.Path, "eth0")
 				ctx := context.Background()
-				res, err := e.r.CNI.AddNetworkList(ctx, l, rt)
-				if err != nil {
-					t.Fatalf("ADD: %v", err)
-				}
-				if res.Version() != v {
-					t.Errorf("result version %s, want %s", res.Version(), v)
-				}
-				cur, err := current.NewResultFromResult(res)
-				if err != nil {
-					t.Fatal(err)
-				}
+				cur := e.r.AddVersion(t, l, rt, v)
 				if len(cur.Interfaces) != 1 || cur.Interfaces[0].Name != "eth0" || cur.Interfaces[0].Mac != e.mac || cur.Interfaces[0].Sandbox != e.pod.Path {
 					t.Errorf("result interfaces %v, want eth0 with MAC %s in the pod", cur.Interfaces, e.mac)
 				}
@@ -157,7 +133,7 @@ func TestLifecycle(t *testing.T) {
 					t.Fatalf("DEL: %v", err)
 				}
 				e.hostDev(t)
-				onlyLo(t, e.pod)
+				e.pod.OnlyLo(t)
 				if err := e.r.CNI.DelNetworkList(ctx, l, rt); err != nil {
 					t.Errorf("second DEL: %v", err)
 				}
@@ -171,7 +147,7 @@ func TestLifecycle(t *testing.T) {
 					t.Fatalf("DEL: %v", err)
 				}
 				e.hostDev(t)
-				onlyLo(t, e.pod)
+				e.pod.OnlyLo(t)
 			})
 		}
 	}
@@ -240,7 +216,7 @@ func TestFailedAddGivesDeviceBack(t *testing.T) {
 		t.Fatalf("ADD with a bad IPAM config: %+v, want code 7", r.Err)
 	}
 	e.hostDev(t)
-	onlyLo(t, e.pod)
+	e.pod.OnlyLo(t)
 
 	// A pod that already has eth0 is refused before anything moves.
 	e.pod.Do(t, func() error {
@@ -282,7 +258,7 @@ func TestBadConfig(t *testing.T) {
 				t.Errorf("ADD: %+v, want code 7 mentioning %q", r.Err, tc.msg)
 			}
 			e.hostDev(t)
-			onlyLo(t, e.pod)
+			e.pod.OnlyLo(t)
 		})
 	}
 }

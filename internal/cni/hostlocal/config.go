@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/ipamconf"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
 
@@ -46,10 +46,10 @@ type ipamConf struct {
 	Type string `json:"type"`
 	// The legacy single range at the top level of "ipam".
 	rangeConf
-	Ranges     [][]rangeConf `json:"ranges"`
-	Routes     []routeConf   `json:"routes"`
-	DataDir    string        `json:"dataDir"`
-	ResolvConf string        `json:"resolvConf"`
+	Ranges     [][]rangeConf    `json:"ranges"`
+	Routes     []ipamconf.Route `json:"routes"`
+	DataDir    string           `json:"dataDir"`
+	ResolvConf string           `json:"resolvConf"`
 }
 
 type rangeConf struct {
@@ -57,18 +57,6 @@ type rangeConf struct {
 	RangeStart string `json:"rangeStart"`
 	RangeEnd   string `json:"rangeEnd"`
 	Gateway    string `json:"gateway"`
-}
-
-// routeConf is types.Route with addresses as text, so that a bad one is
-// reported naming the value.
-type routeConf struct {
-	Dst      string `json:"dst"`
-	GW       string `json:"gw"`
-	MTU      int    `json:"mtu"`
-	AdvMSS   int    `json:"advmss"`
-	Priority int    `json:"priority"`
-	Table    *int   `json:"table"`
-	Scope    *int   `json:"scope"`
 }
 
 // config is a validated configuration.
@@ -173,13 +161,11 @@ func load(stdin []byte, cniArgs string) (*config, error) {
 	if ok, _ := version.GreaterThanOrEqualTo(c.version, "0.3.0"); !ok && (n4 > 1 || n6 > 1) {
 		return nil, invalid("cniVersion %s carries one IPv4 and one IPv6 address at most, but %d IPv4 and %d IPv6 range sets are configured", c.version, n4, n6)
 	}
-	for i, rc := range n.IPAM.Routes {
-		rt, err := rc.parse(i)
-		if err != nil {
-			return nil, err
-		}
-		c.routes = append(c.routes, rt)
+	routes, err := ipamconf.Routes("host-local", n.IPAM.Routes)
+	if err != nil {
+		return nil, err
 	}
+	c.routes = append(c.routes, routes...)
 	if err := c.placeRequested(requested(n, cniArgs)); err != nil {
 		return nil, err
 	}
@@ -334,28 +320,6 @@ func (rc rangeConf) parse(where string) (ipRange, error) {
 		return r, invalid("%s (%s) holds no address that may be handed out", where, r)
 	}
 	return r, nil
-}
-
-func (rc routeConf) parse(i int) (*types.Route, error) {
-	_, dst, err := net.ParseCIDR(rc.Dst)
-	if err != nil {
-		return nil, invalid("routes[%d].dst %q is not in CIDR notation", i, rc.Dst)
-	}
-	rt := &types.Route{Dst: *dst, MTU: rc.MTU, AdvMSS: rc.AdvMSS, Priority: rc.Priority, Table: rc.Table, Scope: rc.Scope}
-	if rc.GW != "" {
-		gw := net.ParseIP(rc.GW)
-		if gw == nil {
-			return nil, invalid("routes[%d].gw %q is not an IP address", i, rc.GW)
-		}
-		if (gw.To4() == nil) != (dst.IP.To4() == nil) {
-			return nil, invalid("routes[%d].gw %s is of another IP family than dst %s", i, rc.GW, rc.Dst)
-		}
-		if v4 := gw.To4(); v4 != nil {
-			gw = v4
-		}
-		rt.GW = gw
-	}
-	return rt, nil
 }
 
 // parseResolvConf reads nameservers, domain, search and options from a

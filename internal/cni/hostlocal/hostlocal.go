@@ -296,14 +296,21 @@ func openExisting(ctx context.Context, c *config) (*store, error) {
 	return openStore(ctx, c.dataDir, c.name)
 }
 
+// openForCleanup loads only what DEL and GC need (see loadBase) and opens
+// the existing store: nil when there is none, hence nothing to free.
+func openForCleanup(ctx context.Context, stdin []byte) (*store, *config, error) {
+	_, c, err := loadBase(stdin)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := openExisting(ctx, c)
+	return st, c, err
+}
+
 // del frees the attachment's reservations. It reads only what locating
 // the store needs, so a config whose ranges changed still cleans up.
 func del(ctx context.Context, args *skel.CmdArgs) error {
-	_, c, err := loadBase(args.StdinData)
-	if err != nil {
-		return err
-	}
-	st, err := openExisting(ctx, c)
+	st, _, err := openForCleanup(ctx, args.StdinData)
 	if err != nil || st == nil {
 		return err
 	}
@@ -390,11 +397,7 @@ func checkPrev(c *config, held []netip.Addr) error {
 // reservation of any other attachment; without a list, those whose
 // container is gone. Records of freed or vanished reservations go too.
 func gc(ctx context.Context, args *skel.CmdArgs) error {
-	_, c, err := loadBase(args.StdinData)
-	if err != nil {
-		return err
-	}
-	st, err := openExisting(ctx, c)
+	st, c, err := openForCleanup(ctx, args.StdinData)
 	if err != nil || st == nil {
 		return err
 	}

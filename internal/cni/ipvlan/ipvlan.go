@@ -3,10 +3,7 @@
 package ipvlan
 
 import (
-	"context"
-
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
@@ -17,7 +14,7 @@ import (
 
 // Plugin returns the ipvlan plugin.
 func Plugin() plugin.Plugin {
-	return plugin.Plugin{Name: "ipvlan", Funcs: plugin.Funcs{Add: add, Del: del, Check: check, GC: gc, Status: status}}
+	return plugin.Plugin{Name: "ipvlan", Funcs: sublink.Funcs(spec)}
 }
 
 // kind is the kernel link type this plugin creates.
@@ -70,44 +67,4 @@ func spec(args *skel.CmdArgs) (*sublink.Spec, error) {
 			return nil
 		},
 	}, nil
-}
-
-func add(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
-	s, err := spec(args)
-	if err != nil {
-		return nil, err
-	}
-	return sublink.Add(ctx, args, s)
-}
-
-func del(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Del(ctx, args, s)
-}
-
-func check(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Check(ctx, args, s)
-}
-
-func gc(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.GC(ctx, args, s.Conf)
-}
-
-func status(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Status(ctx, args, s.Conf)
 }

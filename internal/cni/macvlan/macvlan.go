@@ -4,11 +4,9 @@
 package macvlan
 
 import (
-	"context"
 	"net"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
@@ -18,7 +16,7 @@ import (
 
 // Plugin returns the macvlan plugin.
 func Plugin() plugin.Plugin {
-	return plugin.Plugin{Name: "macvlan", Funcs: plugin.Funcs{Add: add, Del: del, Check: check, GC: gc, Status: status}}
+	return plugin.Plugin{Name: "macvlan", Funcs: sublink.Funcs(spec)}
 }
 
 // kind is the kernel link type this plugin creates.
@@ -94,44 +92,4 @@ func modeName(m netlink.MacvlanMode) string {
 		}
 	}
 	return "unknown"
-}
-
-func add(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
-	s, err := spec(args)
-	if err != nil {
-		return nil, err
-	}
-	return sublink.Add(ctx, args, s)
-}
-
-func del(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Del(ctx, args, s)
-}
-
-func check(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Check(ctx, args, s)
-}
-
-func gc(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.GC(ctx, args, s.Conf)
-}
-
-func status(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Status(ctx, args, s.Conf)
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -356,4 +357,22 @@ func jumpTarget(r *nftables.Rule) string {
 		}
 	}
 	return ""
+}
+
+// Keep lists the attachments of network that GC's valid attachments name.
+func Keep(network string, valid []types.GCAttachment) []Attachment {
+	keep := make([]Attachment, 0, len(valid))
+	for _, v := range valid {
+		keep = append(keep, Attachment{Network: network, ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	return keep
+}
+
+// Usable reports why nftables cannot be used at all (STATUS), or nil.
+func Usable() error {
+	c, err := nftables.New()
+	if err == nil {
+		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
+	}
+	return err
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
@@ -142,4 +143,29 @@ func Args(cniArgs string) map[string]string {
 		}
 	}
 	return m
+}
+
+// PrevResult parses the previous plugin's result in c, which chained
+// plugins get; it is nil when c has none.
+func PrevResult(c *types.PluginConf) (*current.Result, error) {
+	if c.RawPrevResult == nil {
+		return nil, nil
+	}
+	if err := version.ParsePrevResult(c); err != nil {
+		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
+	}
+	r, err := current.NewResultFromResult(c.PrevResult)
+	if err != nil {
+		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
+	}
+	return r, nil
+}
+
+// RequirePrevResult is PrevResult for a plugin called name that works
+// only chained: a config without a previous result is invalid.
+func RequirePrevResult(name string, c *types.PluginConf) (*current.Result, error) {
+	if c.RawPrevResult == nil {
+		return nil, cnierr.New(cnierr.InvalidConfig, "%s is a chained plugin: the config has no prevResult", name)
+	}
+	return PrevResult(c)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/tripod-dev/tripod/internal/cni/bridge"
+	"github.com/tripod-dev/tripod/internal/cni/chaintest"
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/firewall"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
@@ -43,7 +44,7 @@ func TestChainThroughLibcni(t *testing.T) {
 		e.Add(list, rtB)
 		podA := vethtest.IP(t, ra, true)
 		for _, addr := range []string{"127.0.0.1", "10.99.0.1", "fd99::1"} {
-			if got, err := dialHere("tcp", hostPort(addr, 18080), dialTimeout); err != nil || !strings.HasPrefix(got, "tcp from") {
+			if got, err := chaintest.DialHere("tcp", chaintest.HostPort(addr, 18080), dialTimeout); err != nil || !strings.HasPrefix(got, "tcp from") {
 				t.Errorf("host -> %s:18080: %q, %v", addr, got, err)
 			}
 		}
@@ -51,7 +52,7 @@ func TestChainThroughLibcni(t *testing.T) {
 		// the host: DNATed, then forwarded past the FORWARD drop policy.
 		for _, p := range []*cnitest.Netns{b, a} {
 			for _, addr := range []string{"10.99.0.1", "fd99::1"} {
-				if got, err := dial(p, "tcp", hostPort(addr, 18080), dialTimeout); err != nil || !strings.HasPrefix(got, "tcp from") {
+				if got, err := chaintest.Dial(p, "tcp", chaintest.HostPort(addr, 18080), dialTimeout); err != nil || !strings.HasPrefix(got, "tcp from") {
 					t.Errorf("%s -> %s:18080: %q, %v", p.Name, addr, got, err)
 				}
 			}
@@ -59,7 +60,7 @@ func TestChainThroughLibcni(t *testing.T) {
 		// Unpublished, unsolicited connections from another pod still meet
 		// the drop policy only if nothing accepts them; b's own outbound
 		// accept does, as with the reference plugin.
-		if _, err := dial(b, "tcp", hostPort(podA, 8080), dialTimeout); err != nil {
+		if _, err := chaintest.Dial(b, "tcp", chaintest.HostPort(podA, 8080), dialTimeout); err != nil {
 			t.Errorf("b -> a directly: %v", err)
 		}
 		if err := e.Runner.CNI.CheckNetworkList(context.Background(), list, rtA); err != nil {
@@ -68,7 +69,7 @@ func TestChainThroughLibcni(t *testing.T) {
 		e.Del(list, rtA)
 		e.Del(list, rtB)
 		e.Del(list, rtA)
-		if _, err := dialHere("tcp", hostPort("10.99.0.1", 18080), time.Second); err == nil {
+		if _, err := chaintest.DialHere("tcp", chaintest.HostPort("10.99.0.1", 18080), time.Second); err == nil {
 			t.Error("the host port still answers after DEL")
 		}
 		if n := forwardRuleCount(t); n != 0 {
@@ -83,7 +84,7 @@ func TestChainThroughLibcni(t *testing.T) {
 		e.Add(list, rtA)
 		e.Add(list, rtB)
 		e.GC(list, b.Name+"/eth0")
-		if _, err := dialHere("tcp", hostPort("10.99.0.1", 18080), time.Second); err == nil {
+		if _, err := chaintest.DialHere("tcp", chaintest.HostPort("10.99.0.1", 18080), time.Second); err == nil {
 			t.Error("the host port of a collected attachment still answers")
 		}
 		if err := e.Runner.CNI.CheckNetworkList(context.Background(), list, rtB); err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 )
 
 // parseConditions turns conditionsV4/conditionsV6 into match expressions
@@ -51,7 +52,7 @@ func parseConditions(field string, f fam, conds []string) ([]expr.Any, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, addr(f, strings.HasPrefix(tok, "-d") || strings.HasPrefix(tok, "--d"), n, negate)...)
+			out = append(out, nftexpr.Addr(f, strings.HasPrefix(tok, "-d") || strings.HasPrefix(tok, "--d"), n, negate)...)
 			i++
 		case "-i", "--in-interface":
 			v, err := next(i, "an interface name")
@@ -61,8 +62,8 @@ func parseConditions(field string, f fam, conds []string) ([]expr.Any, error) {
 			out = append(out, ifname(v, negate)...)
 			i++
 		case "ip", "ip6":
-			if (tok == "ip") != (f.alen == 4) {
-				return nil, cnierr.New(cnierr.InvalidConfig, "%s: %q matches the wrong IP family for %s", field, tok, f.name)
+			if (tok == "ip") != (f.Alen == 4) {
+				return nil, cnierr.New(cnierr.InvalidConfig, "%s: %q matches the wrong IP family for %s", field, tok, f.Name)
 			}
 			sel, err := next(i, "saddr or daddr")
 			if err != nil {
@@ -85,7 +86,7 @@ func parseConditions(field string, f fam, conds []string) ([]expr.Any, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, addr(f, sel == "daddr", n, neg)...)
+			out = append(out, nftexpr.Addr(f, sel == "daddr", n, neg)...)
 			i++
 		case "iifname":
 			neg, j, err := condOp(toks, i)
@@ -140,12 +141,12 @@ func condAddr(field string, f fam, v string) (net.IPNet, error) {
 	if ip, ipn, err := net.ParseCIDR(v); err == nil {
 		n = net.IPNet{IP: ip, Mask: ipn.Mask}
 	} else if ip := net.ParseIP(v); ip != nil {
-		n = hostNet(ip)
+		n = nftexpr.HostNet(ip)
 	} else {
 		return n, cnierr.New(cnierr.InvalidConfig, "%s: %q is not an IP address or CIDR", field, v)
 	}
-	if famOf(n.IP).alen != f.alen {
-		return n, cnierr.New(cnierr.InvalidConfig, "%s: %s is not an %s address", field, v, f.name)
+	if nftexpr.FamOf(n.IP).Alen != f.Alen {
+		return n, cnierr.New(cnierr.InvalidConfig, "%s: %s is not an %s address", field, v, f.Name)
 	}
 	return n, nil
 }

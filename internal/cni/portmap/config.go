@@ -7,11 +7,12 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
+	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
 
 type entry struct {
@@ -50,7 +51,7 @@ type mapping struct {
 	hostIP net.IP
 }
 
-func (m mapping) appliesTo(f fam) bool { return m.hostIP == nil || famOf(m.hostIP) == f }
+func (m mapping) appliesTo(f fam) bool { return m.hostIP == nil || nftexpr.FamOf(m.hostIP) == f }
 
 // daddr is the destination the mapping is restricted to, if any.
 func (m mapping) daddr() net.IP {
@@ -78,7 +79,7 @@ func (m mapping) overlaps(o mapping) bool {
 	if m.hostIP == nil || o.hostIP == nil {
 		return true
 	}
-	if famOf(m.hostIP) != famOf(o.hostIP) {
+	if nftexpr.FamOf(m.hostIP) != nftexpr.FamOf(o.hostIP) {
 		return false
 	}
 	return m.hostIP.IsUnspecified() || o.hostIP.IsUnspecified() || m.hostIP.Equal(o.hostIP)
@@ -109,16 +110,11 @@ func parse(stdin []byte) (*parsed, error) {
 	if err := cnierr.Decode(stdin, &p.conf); err != nil {
 		return nil, err
 	}
-	if p.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&p.PluginConf); err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		prev, err := current.NewResultFromResult(p.PrevResult)
-		if err != nil {
-			return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-		}
-		p.prev = prev
+	prev, err := plugin.PrevResult(&p.PluginConf)
+	if err != nil {
+		return nil, err
 	}
+	p.prev = prev
 	p.snat = p.SNAT == nil || *p.SNAT
 	if p.MarkMasqBit != nil && p.ExternalSetMarkChain != nil {
 		return nil, cnierr.New(cnierr.InvalidConfig, "markMasqBit and externalSetMarkChain are mutually exclusive")
@@ -131,7 +127,7 @@ func parse(stdin []byte) (*parsed, error) {
 		field string
 		f     fam
 		list  *[]string
-	}{{"conditionsV4", v4(), p.ConditionsV4}, {"conditionsV6", v6(), p.ConditionsV6}} {
+	}{{"conditionsV4", nftexpr.V4(), p.ConditionsV4}, {"conditionsV6", nftexpr.V6(), p.ConditionsV6}} {
 		if c.list == nil {
 			continue
 		}
@@ -139,7 +135,7 @@ func parse(stdin []byte) (*parsed, error) {
 		if err != nil {
 			return nil, err
 		}
-		p.conds[c.f.nfproto] = e
+		p.conds[c.f.NFProto] = e
 	}
 	for i, e := range p.RuntimeConfig.PortMaps {
 		m, err := validate(i, e)

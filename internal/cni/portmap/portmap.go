@@ -19,15 +19,13 @@ package portmap
 
 import (
 	"context"
-	"errors"
-	"strings"
-	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/nftables"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
@@ -187,7 +185,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 func chainRules(c *nftables.Conn, tbl *nftables.Table, name string) ([]*nftables.Rule, error) {
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: name, Table: tbl})
 	if err != nil {
-		if notFound(err) {
+		if nftexpr.NotFound(err) {
 			return nil, cnierr.New(cnierr.InvalidConfig, "chain %s/%s is missing: the port mappings of this attachment are not installed", tbl.Name, name)
 		}
 		return nil, cnierr.New(cnierr.Netlink, "listing rules of %s/%s: %v", tbl.Name, name, err)
@@ -195,22 +193,12 @@ func chainRules(c *nftables.Conn, tbl *nftables.Table, name string) ([]*nftables
 	return rules, nil
 }
 
-// notFound reports ENOENT from the kernel. google/nftables formats the
-// netlink error into its own (%v), so errors.Is alone cannot see it.
-func notFound(err error) bool {
-	return errors.Is(err, syscall.ENOENT) || strings.HasSuffix(err.Error(), syscall.ENOENT.Error())
-}
-
 func gc(_ context.Context, args *skel.CmdArgs) error {
 	p, err := lenient(args.StdinData)
 	if err != nil {
 		return err
 	}
-	keep := make([]nftown.Attachment, 0, len(p.ValidAttachments))
-	for _, a := range p.ValidAttachments {
-		keep = append(keep, nftown.Attachment{Network: p.Name, ContainerID: a.ContainerID, IfName: a.IfName})
-	}
-	if err := Table().GC(p.Name, keep); err != nil {
+	if err := Table().GC(p.Name, nftown.Keep(p.Name, p.ValidAttachments)); err != nil {
 		return cnierr.Wrap(cnierr.Netlink, err, "garbage-collecting port mappings")
 	}
 	return nil
@@ -221,11 +209,7 @@ func status(_ context.Context, args *skel.CmdArgs) error {
 	if _, err := parse(args.StdinData); err != nil {
 		return err
 	}
-	c, err := nftables.New()
-	if err == nil {
-		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
-	}
-	if err != nil {
+	if err := nftown.Usable(); err != nil {
 		return cnierr.New(cnierr.NotAvailable, "nftables is not usable: %v", err)
 	}
 	return nil

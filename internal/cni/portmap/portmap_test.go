@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/nftables"
 
+	"github.com/tripod-dev/tripod/internal/cni/chaintest"
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/portmap"
@@ -25,8 +26,8 @@ func TestForwardIPv4(t *testing.T) {
 	conf := tp.conf(t, tp.dualStack(), []map[string]any{pm("tcp", 18080, 8080, ""), pm("udp", 15353, 5353, "")}, nil)
 
 	// Nothing answers on the host ports before ADD.
-	unreachable(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 
 	out := tp.must(t, "ADD", tp.tag, conf)
 	res, err := current.NewResult(out)
@@ -39,26 +40,26 @@ func TestForwardIPv4(t *testing.T) {
 
 	// From the host itself (output hook): loopback, needing route_localnet
 	// and masquerading, and the host's own address.
-	if from := reach(t, tp.host, "tcp", hostPort("127.0.0.1", 18080)); from != gw4 {
+	if from := reach(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080)); from != gw4 {
 		t.Errorf("connection from 127.0.0.1 reached the pod from %s, want masqueraded to %s", from, gw4)
 	}
-	if from := reach(t, tp.host, "tcp", hostPort(host4, 18080)); from != host4 {
+	if from := reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080)); from != host4 {
 		t.Errorf("connection to %s reached the pod from %s, want unmasqueraded %s", host4, from, host4)
 	}
-	reach(t, tp.host, "udp", hostPort("127.0.0.1", 15353))
-	reach(t, tp.host, "udp", hostPort(host4, 15353))
+	reach(t, tp.host, "udp", chaintest.HostPort("127.0.0.1", 15353))
+	reach(t, tp.host, "udp", chaintest.HostPort(host4, 15353))
 	// From outside (prerouting hook): the client's address is kept.
-	if from := reach(t, tp.out, "tcp", hostPort(outHost4, 18080)); from != outPeer4 {
+	if from := reach(t, tp.out, "tcp", chaintest.HostPort(outHost4, 18080)); from != outPeer4 {
 		t.Errorf("outside connection reached the pod from %s, want %s", from, outPeer4)
 	}
-	reach(t, tp.out, "udp", hostPort(outHost4, 15353))
+	reach(t, tp.out, "udp", chaintest.HostPort(outHost4, 15353))
 	// Hairpin: the pod reaches its own host port and sees the host, not
 	// itself, as the peer.
-	if from := reach(t, tp.pod, "tcp", hostPort(host4, 18080)); from == pod4 {
+	if from := reach(t, tp.pod, "tcp", chaintest.HostPort(host4, 18080)); from == pod4 {
 		t.Errorf("hairpin connection was not masqueraded (source %s)", from)
 	}
 	// The port mapping is for the mapped port only.
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18081))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18081))
 
 	tp.host.Do(t, func() error {
 		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + tp.hostVeth + "/route_localnet")
@@ -76,9 +77,9 @@ func TestForwardIPv4(t *testing.T) {
 
 	tp.must(t, "CHECK", tp.tag, conf)
 	tp.must(t, "DEL", tp.tag, conf)
-	unreachable(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18080))
-	unreachable(t, tp.out, "tcp", hostPort(outHost4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
+	unreachable(t, tp.out, "tcp", chaintest.HostPort(outHost4, 18080))
 	tp.noLeaks(t)
 	if r := tp.exec(t, "portmap", "CHECK", tp.tag, conf); r.err == nil || r.err.Code != 7 {
 		t.Errorf("CHECK after DEL: %+v, want code 7", r.err)
@@ -94,27 +95,27 @@ func TestForwardIPv6(t *testing.T) {
 	conf := tp.conf(t, tp.dualStack(), []map[string]any{pm("tcp", 18080, 8080, ""), pm("udp", 15353, 5353, "")}, nil)
 	tp.must(t, "ADD", tp.tag, conf)
 
-	if from := reach(t, tp.host, "tcp", hostPort(host6, 18080)); from != host6 {
+	if from := reach(t, tp.host, "tcp", chaintest.HostPort(host6, 18080)); from != host6 {
 		t.Errorf("connection to %s reached the pod from %s", host6, from)
 	}
-	reach(t, tp.host, "udp", hostPort(host6, 15353))
+	reach(t, tp.host, "udp", chaintest.HostPort(host6, 15353))
 	// [::1] cannot be forwarded (no route_localnet for IPv6): it is left
 	// to the host's own listener instead of disappearing.
-	serveTCPOn(t, tp.host, hostPort("::1", 18080))
-	if from := reach(t, tp.host, "tcp", hostPort("::1", 18080)); from != "::1" {
+	serveTCPOn(t, tp.host, chaintest.HostPort("::1", 18080))
+	if from := reach(t, tp.host, "tcp", chaintest.HostPort("::1", 18080)); from != "::1" {
 		t.Errorf("[::1]:18080 was answered for %s, want the host's own listener", from)
 	}
-	if from := reach(t, tp.out, "tcp", hostPort(outHost6, 18080)); from != outPeer6 {
+	if from := reach(t, tp.out, "tcp", chaintest.HostPort(outHost6, 18080)); from != outPeer6 {
 		t.Errorf("outside connection reached the pod from %s, want %s", from, outPeer6)
 	}
-	reach(t, tp.out, "udp", hostPort(outHost6, 15353))
-	if from := reach(t, tp.pod, "tcp", hostPort(host6, 18080)); from == pod6 {
+	reach(t, tp.out, "udp", chaintest.HostPort(outHost6, 15353))
+	if from := reach(t, tp.pod, "tcp", chaintest.HostPort(host6, 18080)); from == pod6 {
 		t.Errorf("IPv6 hairpin connection was not masqueraded (source %s)", from)
 	}
 	tp.must(t, "CHECK", tp.tag, conf)
 	tp.must(t, "DEL", tp.tag, conf)
-	unreachable(t, tp.host, "tcp", hostPort(host6, 18080))
-	unreachable(t, tp.out, "tcp", hostPort(outHost6, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host6, 18080))
+	unreachable(t, tp.out, "tcp", chaintest.HostPort(outHost6, 18080))
 	tp.noLeaks(t)
 }
 
@@ -126,14 +127,14 @@ func TestHostIP(t *testing.T) {
 		pm("tcp", 18080, 8080, "::"), // every IPv6 address, no IPv4 one
 	}, nil)
 	tp.must(t, "ADD", tp.tag, conf)
-	reach(t, tp.host, "tcp", hostPort(host4, 18080))
-	unreachable(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
-	unreachable(t, tp.out, "tcp", hostPort(outHost4, 18080))
-	reach(t, tp.host, "tcp", hostPort(host6, 18080))
-	reach(t, tp.out, "tcp", hostPort(outHost6, 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
+	unreachable(t, tp.out, "tcp", chaintest.HostPort(outHost4, 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host6, 18080))
+	reach(t, tp.out, "tcp", chaintest.HostPort(outHost6, 18080))
 	tp.must(t, "CHECK", tp.tag, conf)
 	tp.must(t, "DEL", tp.tag, conf)
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 	tp.noLeaks(t)
 }
 
@@ -144,11 +145,11 @@ func TestSNATOffAndMasqAll(t *testing.T) {
 
 	off := tp.conf(t, tp.dualStack(), maps, map[string]any{"snat": false})
 	tp.must(t, "ADD", "off", off)
-	if from := reach(t, tp.host, "tcp", hostPort(host4, 18080)); from != host4 {
+	if from := reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080)); from != host4 {
 		t.Errorf("snat=false: source %s, want %s", from, host4)
 	}
 	// Without masquerading, 127.0.0.1 cannot leave the host.
-	unreachable(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
 	tp.host.Do(t, func() error {
 		c, err := nftables.New()
 		if err != nil {
@@ -165,13 +166,13 @@ func TestSNATOffAndMasqAll(t *testing.T) {
 
 	all := tp.conf(t, tp.dualStack(), maps, map[string]any{"masqAll": true})
 	tp.must(t, "ADD", "all", all)
-	if from := reach(t, tp.out, "tcp", hostPort(outHost4, 18080)); from != gw4 {
+	if from := reach(t, tp.out, "tcp", chaintest.HostPort(outHost4, 18080)); from != gw4 {
 		t.Errorf("masqAll: outside client seen as %s, want %s", from, gw4)
 	}
-	if from := reach(t, tp.out, "tcp", hostPort(outHost6, 18080)); from != gw6 {
+	if from := reach(t, tp.out, "tcp", chaintest.HostPort(outHost6, 18080)); from != gw6 {
 		t.Errorf("masqAll: IPv6 outside client seen as %s, want %s", from, gw6)
 	}
-	reach(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
 	tp.must(t, "CHECK", "all", all)
 	tp.must(t, "DEL", "all", all)
 	tp.noLeaks(t)
@@ -185,11 +186,11 @@ func TestConditions(t *testing.T) {
 			conf := tp.conf(t, tp.dualStack(), []map[string]any{pm("tcp", 18080, 8080, "")},
 				map[string]any{"conditionsV4": conds, "conditionsV6": []string{"-s", "fd00:88::/64"}})
 			tp.must(t, "ADD", tp.tag, conf)
-			reach(t, tp.host, "tcp", hostPort(host4, 18080))
-			unreachable(t, tp.host, "tcp", hostPort("127.0.0.1", 18080))
+			reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
+			unreachable(t, tp.host, "tcp", chaintest.HostPort("127.0.0.1", 18080))
 			// IPv6: only clients from the outside link.
-			reach(t, tp.out, "tcp", hostPort(outHost6, 18080))
-			unreachable(t, tp.host, "tcp", hostPort(host6, 18080))
+			reach(t, tp.out, "tcp", chaintest.HostPort(outHost6, 18080))
+			unreachable(t, tp.host, "tcp", chaintest.HostPort(host6, 18080))
 			tp.must(t, "CHECK", tp.tag, conf)
 			tp.must(t, "DEL", tp.tag, conf)
 			tp.noLeaks(t)
@@ -206,9 +207,9 @@ func TestDelWithoutNetnsOrPrevResult(t *testing.T) {
 	conf := tp.conf(t, tp.dualStack(), maps, nil)
 
 	tp.must(t, "ADD", "a", conf)
-	reach(t, tp.host, "tcp", hostPort(host4, 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 	tp.must(t, "DEL", "a", tp.conf(t, nil, nil, nil))
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 	tp.noLeaks(t)
 
 	tp.must(t, "ADD", "b", conf)
@@ -247,10 +248,10 @@ func TestConflict(t *testing.T) {
 	}
 	// The first mapping still works; another protocol on the same port or
 	// a different port is fine.
-	reach(t, tp.host, "tcp", hostPort(host4, 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 	other := tp.conf(t, tp.dualStack(), []map[string]any{pm("udp", 18080, 5353, ""), pm("tcp", 18081, 8080, "")}, nil)
 	tp.must(t, "ADD", "second", other)
-	reach(t, tp.host, "tcp", hostPort(host4, 18081))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18081))
 
 	// Duplicates inside one request are refused too.
 	dup := tp.conf(t, tp.dualStack(), []map[string]any{pm("tcp", 18090, 80, "127.0.0.1"), pm("tcp", 18090, 81, "")}, nil)
@@ -272,18 +273,18 @@ func TestGC(t *testing.T) {
 
 	gc := tp.conf(t, nil, nil, map[string]any{"cni.dev/valid-attachments": []map[string]string{{"containerID": "a", "ifname": "eth0"}}})
 	tp.must(t, "GC", "", gc)
-	reach(t, tp.host, "tcp", hostPort(host4, 18080))
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18081))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18081))
 	tp.must(t, "CHECK", "a", a)
 	if r := tp.exec(t, "portmap", "CHECK", "b", b); r.err == nil {
 		t.Error("CHECK of the collected attachment succeeded")
 	}
 	// Another network's GC does not touch this one.
 	tp.must(t, "GC", "", strings.Replace(gc, tp.tag, tp.tag+"x", 1))
-	reach(t, tp.host, "tcp", hostPort(host4, 18080))
+	reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 
 	tp.must(t, "GC", "", tp.conf(t, nil, nil, map[string]any{"cni.dev/valid-attachments": []any{}}))
-	unreachable(t, tp.host, "tcp", hostPort(host4, 18080))
+	unreachable(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 	tp.noLeaks(t)
 }
 
@@ -429,7 +430,7 @@ func TestConfigVersions(t *testing.T) {
 		if err := json.Unmarshal(out, &r); err != nil || r.CNIVersion != v || len(r.IPs) != 2 {
 			t.Errorf("%s: result %s (%v)", v, out, err)
 		}
-		reach(t, tp.host, "tcp", hostPort(host4, 18080))
+		reach(t, tp.host, "tcp", chaintest.HostPort(host4, 18080))
 		if v != "0.3.1" {
 			tp.must(t, "CHECK", tp.tag, conf)
 		}

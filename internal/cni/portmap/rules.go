@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables/userdata"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/nftexpr"
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
 )
 
@@ -32,23 +33,23 @@ func (d dnat) String() string {
 }
 
 func dnatRule(f fam, m mapping, pod net.IP, conds []expr.Any) []expr.Any {
-	r := concat(nfproto(f), conds)
-	if f.alen == 16 {
+	r := nftexpr.Concat(nftexpr.NFProto(f), conds)
+	if f.Alen == 16 {
 		// The kernel never routes ::1 off the host (IPv6 has no
 		// route_localnet): leave [::1]:hostPort to the host rather than
 		// black-holing it.
-		r = append(r, addr(f, true, hostNet(net.IPv6loopback), true)...)
+		r = append(r, nftexpr.Addr(f, true, nftexpr.HostNet(net.IPv6loopback), true)...)
 	}
-	r = append(r, concat(l4proto(m.protoNum), dport(m.hostPort))...)
+	r = append(r, nftexpr.Concat(l4proto(m.protoNum), dport(m.hostPort))...)
 	// The host address comes after the port so that decode can tell it
 	// from a destination match in the conditions.
 	if d := m.daddr(); d != nil {
-		r = append(r, addr(f, true, hostNet(d), false)...)
+		r = append(r, nftexpr.Addr(f, true, nftexpr.HostNet(d), false)...)
 	}
 	return append(r,
-		&expr.Immediate{Register: 1, Data: f.bytes(pod)},
+		&expr.Immediate{Register: 1, Data: f.Bytes(pod)},
 		&expr.Immediate{Register: 2, Data: be16(m.ctrPort)},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.NFProto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
 	)
 }
 
@@ -68,15 +69,15 @@ func makePlan(p *parsed, ip4, ip6 net.IP) plan {
 		if pod == nil {
 			continue
 		}
-		f := famOf(pod)
+		f := nftexpr.FamOf(pod)
 		used := false
 		for _, m := range p.maps {
 			if !m.appliesTo(f) {
 				continue
 			}
 			used = true
-			rules = append(rules, dnatRule(f, m, pod, p.conds[f.nfproto]))
-			d := dnat{nfproto: f.nfproto, protoNum: m.protoNum, hostPort: m.hostPort, podIP: pod.String(), ctrPort: m.ctrPort}
+			rules = append(rules, dnatRule(f, m, pod, p.conds[f.NFProto]))
+			d := dnat{nfproto: f.NFProto, protoNum: m.protoNum, hostPort: m.hostPort, podIP: pod.String(), ctrPort: m.ctrPort}
 			if h := m.daddr(); h != nil {
 				d.hostIP = h.String()
 			}
@@ -86,24 +87,24 @@ func makePlan(p *parsed, ip4, ip6 net.IP) plan {
 				// connection. (ct original proto-dst would pin the host
 				// port too, but google/nftables cannot read a ct
 				// direction back, which CHECK and GC need.)
-				post = append(post, concat(nfproto(f), addr(f, true, hostNet(pod), false), l4proto(m.protoNum),
+				post = append(post, nftexpr.Concat(nftexpr.NFProto(f), nftexpr.Addr(f, true, nftexpr.HostNet(pod), false), l4proto(m.protoNum),
 					dport(m.ctrPort), []expr.Any{&expr.Masq{}}))
 			}
 		}
 		if !used {
 			continue
 		}
-		if f.alen == 4 {
+		if f.Alen == 4 {
 			pl.v4 = true
 		}
 		if p.snat && !p.MasqAll {
 			// Hairpin: the container reached its own host port; without
 			// masquerading it would answer itself directly.
-			post = append(post, concat(nfproto(f), addr(f, false, hostNet(pod), false), addr(f, true, hostNet(pod), false), []expr.Any{&expr.Masq{}}))
-			if f.alen == 4 {
+			post = append(post, nftexpr.Concat(nftexpr.NFProto(f), nftexpr.Addr(f, false, nftexpr.HostNet(pod), false), nftexpr.Addr(f, true, nftexpr.HostNet(pod), false), []expr.Any{&expr.Masq{}}))
+			if f.Alen == 4 {
 				// 127.0.0.0/8 may not leave the host: rewrite it.
 				lo := net.IPNet{IP: net.IPv4(127, 0, 0, 0), Mask: net.CIDRMask(8, 32)}
-				post = append(post, concat(nfproto(f), addr(f, false, lo, false), addr(f, true, hostNet(pod), false), []expr.Any{&expr.Masq{}}))
+				post = append(post, nftexpr.Concat(nftexpr.NFProto(f), nftexpr.Addr(f, false, lo, false), nftexpr.Addr(f, true, nftexpr.HostNet(pod), false), []expr.Any{&expr.Masq{}}))
 			}
 		}
 	}
@@ -112,7 +113,7 @@ func makePlan(p *parsed, ip4, ip6 net.IP) plan {
 		pl.jumps["output"] = nftown.Jump{Match: fibLocal(), Rules: rules}
 	}
 	if len(post) > 0 {
-		pl.jumps["postrouting"] = nftown.Jump{Match: ctDNAT(), Rules: post}
+		pl.jumps["postrouting"] = nftown.Jump{Match: nftexpr.CtBits(expr.CtKeySTATUS, ipsDstNAT), Rules: post}
 		pl.masq = len(post)
 	}
 	return pl
@@ -136,7 +137,7 @@ func conflicts(own nftown.Attachment, mine []dnat) error {
 		}
 		rules, err := c.GetRules(tbl, ch)
 		if err != nil {
-			if notFound(err) {
+			if nftexpr.NotFound(err) {
 				continue // deleted meanwhile
 			}
 			return cnierr.New(cnierr.Netlink, "listing rules of %s/%s: %v", TableName, ch.Name, err)

@@ -1,24 +1,17 @@
 package portmap_test
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/internal/cni/chaintest"
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/cni/portmap"
 )
@@ -70,14 +63,14 @@ func newTopo(t *testing.T) *topo {
 	// included: IPv6 is usable as soon as the links are up.
 	for _, ns := range []*cnitest.Netns{tp.host, tp.pod, tp.out} {
 		ns.Do(t, func() error {
-			return sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0")
+			return chaintest.Sysctls("ipv6/conf/default/accept_dad=0", "ipv6/conf/all/accept_dad=0")
 		})
 	}
 	tp.host.Do(t, func() error {
-		if err := sysctls("ipv4/ip_forward=1", "ipv6/conf/all/forwarding=1"); err != nil {
+		if err := chaintest.Sysctls("ipv4/ip_forward=1", "ipv6/conf/all/forwarding=1"); err != nil {
 			return err
 		}
-		if err := up("lo"); err != nil {
+		if err := chaintest.Up("lo"); err != nil {
 			return err
 		}
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: tp.hostVeth}, PeerName: "eth0", PeerNamespace: netlink.NsFd(podFd.Fd())}); err != nil {
@@ -91,10 +84,10 @@ func newTopo(t *testing.T) *topo {
 			tag + "o":   {outHost4 + "/24", outHost6 + "/64"},
 			"lo":        {host4 + "/32", host6 + "/128"},
 		} {
-			if err := addAddrs(name, addrs...); err != nil {
+			if err := chaintest.AddAddrs(name, addrs...); err != nil {
 				return err
 			}
-			if err := up(name); err != nil {
+			if err := chaintest.Up(name); err != nil {
 				return err
 			}
 		}
@@ -108,13 +101,13 @@ func newTopo(t *testing.T) *topo {
 		record bool
 	}{{tp.pod, []string{pod4 + "/24", pod6 + "/64"}, gw4, gw6, true}, {tp.out, []string{outPeer4 + "/24", outPeer6 + "/64"}, outHost4, outHost6, false}} {
 		ns.n.Do(t, func() error {
-			if err := up("lo"); err != nil {
+			if err := chaintest.Up("lo"); err != nil {
 				return err
 			}
-			if err := addAddrs("eth0", ns.addrs...); err != nil {
+			if err := chaintest.AddAddrs("eth0", ns.addrs...); err != nil {
 				return err
 			}
-			if err := up("eth0"); err != nil {
+			if err := chaintest.Up("eth0"); err != nil {
 				return err
 			}
 			l, err := netlink.LinkByName("eth0")
@@ -133,44 +126,6 @@ func newTopo(t *testing.T) *topo {
 		})
 	}
 	return tp
-}
-
-// sysctls sets net.* keys (path=value under /proc/sys/net) in the
-// namespace of the calling thread.
-func sysctls(kvs ...string) error {
-	for _, kv := range kvs {
-		k, v, _ := strings.Cut(kv, "=")
-		if err := os.WriteFile("/proc/sys/net/"+k, []byte(v), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func up(name string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
-}
-
-func addAddrs(name string, addrs ...string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		ipn, err := netlink.ParseIPNet(a)
-		if err != nil {
-			return err
-		}
-		// No duplicate address detection: IPv6 addresses are usable at once.
-		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("adding %s to %s: %w", a, name, err)
-		}
-	}
-	return nil
 }
 
 // prevResult describes the topology as a bridge or ptp plugin would: the
@@ -197,21 +152,14 @@ func (tp *topo) dualStack() map[string]any {
 // conf builds a portmap config; extra fields are merged at the top level.
 func (tp *topo) conf(t *testing.T, prev map[string]any, maps []map[string]any, extra map[string]any) string {
 	t.Helper()
-	c := map[string]any{"cniVersion": "1.1.0", "name": tp.tag, "type": "portmap"}
-	if prev != nil {
-		c["prevResult"] = prev
-	}
+	all := map[string]any{}
 	if maps != nil {
-		c["runtimeConfig"] = map[string]any{"portMappings": maps}
+		all["runtimeConfig"] = map[string]any{"portMappings": maps}
 	}
 	for k, v := range extra {
-		c[k] = v
+		all[k] = v
 	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return chaintest.Conf(t, tp.tag, "portmap", prev, all)
 }
 
 func pm(proto string, hostPort, ctrPort int, hostIP string) map[string]any {
@@ -227,43 +175,11 @@ type execResult struct {
 	err    *types.Error
 }
 
-// exec runs the plugin from inside the host netns: the child inherits the
-// namespace of the locked thread that starts it.
+// exec runs the plugin from inside the host netns.
 func (tp *topo) exec(t *testing.T, plugin, cmd, containerID, stdin string) execResult {
 	t.Helper()
-	var res execResult
-	err := tp.host.Try(func() error {
-		c := exec.Command(filepath.Join(cnitest.BinDir(t), plugin))
-		c.Env = []string{
-			"PATH=" + os.Getenv("PATH"),
-			"CNI_COMMAND=" + cmd,
-			"CNI_CONTAINERID=" + containerID,
-			"CNI_NETNS=" + tp.pod.Path,
-			"CNI_IFNAME=eth0",
-			"CNI_PATH=" + cnitest.BinDir(t),
-		}
-		c.Stdin = strings.NewReader(stdin)
-		var out, stderr bytes.Buffer
-		c.Stdout, c.Stderr = &out, &stderr
-		runErr := c.Run()
-		res.stdout = out.Bytes()
-		if runErr != nil {
-			var ee *exec.ExitError
-			if !errors.As(runErr, &ee) {
-				return runErr
-			}
-			e := &types.Error{}
-			if err := json.Unmarshal(out.Bytes(), e); err != nil {
-				return fmt.Errorf("%s %s exited %d without a JSON error: %q (stderr %q)", plugin, cmd, ee.ExitCode(), out.String(), stderr.String())
-			}
-			res.err = e
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("running %s %s: %v", plugin, cmd, err)
-	}
-	return res
+	r := chaintest.Exec(t, tp.host, plugin, cmd, containerID, tp.pod.Path, stdin)
+	return execResult{stdout: r.Stdout, err: r.Err}
 }
 
 // must runs a verb that has to succeed.
@@ -285,24 +201,7 @@ func serveTCP(t *testing.T, ns *cnitest.Netns, port int) {
 
 func serveTCPOn(t *testing.T, ns *cnitest.Netns, addr string) {
 	t.Helper()
-	var ln net.Listener
-	ns.Do(t, func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintf(c, "tcp from %s\n", host)
-			c.Close()
-		}
-	}()
+	chaintest.ServeTCP(t, ns, addr, "tcp from ")
 }
 
 // serveUDP answers each datagram inside ns with the sender's address.
@@ -328,44 +227,11 @@ func serveUDP(t *testing.T, ns *cnitest.Netns, port int) {
 	}()
 }
 
-// dial connects from inside ns and returns the server's greeting.
-func dial(ns *cnitest.Netns, network, addr string, timeout time.Duration) (string, error) {
-	var got string
-	err := ns.Try(func() error {
-		var err error
-		got, err = dialHere(network, addr, timeout)
-		return err
-	})
-	return got, err
-}
-
-// dialHere connects from the calling thread's netns.
-func dialHere(network, addr string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout(network, addr, timeout)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return "", err
-	}
-	if strings.HasPrefix(network, "udp") {
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return "", err
-		}
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", err
-	}
-	return strings.TrimSpace(line), nil
-}
-
 // reach fails the test unless addr answers from ns; it returns the source
 // address the server saw.
 func reach(t *testing.T, ns *cnitest.Netns, network, addr string) string {
 	t.Helper()
-	got, err := dial(ns, network, addr, dialTimeout)
+	got, err := chaintest.Dial(ns, network, addr, dialTimeout)
 	if err != nil {
 		t.Fatalf("%s %s from %s: %v", network, addr, ns.Name, err)
 	}
@@ -380,7 +246,7 @@ func reach(t *testing.T, ns *cnitest.Netns, network, addr string) string {
 func unreachable(t *testing.T, ns *cnitest.Netns, network, addr string) {
 	t.Helper()
 	// A dropped packet shows as a timeout; a second is ample on veths.
-	if got, err := dial(ns, network, addr, time.Second); err == nil {
+	if got, err := chaintest.Dial(ns, network, addr, time.Second); err == nil {
 		t.Fatalf("%s %s from %s answered %q, want no answer", network, addr, ns.Name, got)
 	}
 }
@@ -405,5 +271,3 @@ func (tp *topo) noLeaks(t *testing.T) {
 		t.Error(err)
 	}
 }
-
-func hostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
-	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
@@ -52,17 +51,9 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 
 	// IPAM first: it refuses a duplicate attachment before anything else
 	// is touched.
-	r, err := ipamcall.Add(ctx, n.IPAM.Type, args)
+	result, err := veth.IPAM(ctx, "ptp", n.IPAM.Type, args, &u)
 	if err != nil {
 		return nil, err
-	}
-	u.Push(func() { _ = ipamcall.Del(context.WithoutCancel(ctx), n.IPAM.Type, args) })
-	result, err := current.NewResultFromResult(r)
-	if err != nil {
-		return nil, cnierr.New(cnierr.Delegate, "ptp: IPAM plugin %q gave an unusable result: %v", n.IPAM.Type, err)
-	}
-	if len(result.IPs) == 0 {
-		return nil, cnierr.New(cnierr.Delegate, "ptp: IPAM plugin %q returned no IP address", n.IPAM.Type)
 	}
 	if result.DNS.IsEmpty() {
 		result.DNS = n.DNS
@@ -93,10 +84,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		PeerName: args.IfName, PeerMAC: contMAC, PeerNetns: int(nsFile.Fd()),
 	})
 	if err != nil {
-		if errors.Is(err, syscall.EEXIST) {
-			return nil, alreadyAttached(args, hostName)
-		}
-		return nil, cnierr.New(cnierr.Netlink, "ptp: creating veth %s (host) / %s (container): %v", hostName, args.IfName, err)
+		return nil, veth.CreateError("ptp", args, hostName, err)
 	}
 	u.Push(func() { _, _ = veth.Delete(hostName) })
 	if err := veth.Finish(index, veth.Port{Alias: veth.Alias(n.Name)}); err != nil {
@@ -116,10 +104,7 @@ func add(ctx context.Context, args *skel.CmdArgs) (_ types.Result, err error) {
 		u.Push(func() { _ = masq.Remove(att) })
 	}
 
-	mtu := n.MTU
-	if mtu == 0 {
-		mtu = 1500 // the kernel's default for a new veth
-	}
+	mtu := veth.ResultMTU(n.MTU)
 	result.CNIVersion = current.ImplementedSpecVersion
 	result.Interfaces = []*current.Interface{
 		{Name: hostName, Mac: hostMAC.String(), Mtu: mtu},
@@ -188,12 +173,4 @@ func configureHost(name string, index int, result *current.Result) error {
 		}
 	}
 	return nil
-}
-
-// alreadyAttached explains an EEXIST from creating the veth pair.
-func alreadyAttached(args *skel.CmdArgs, hostName string) error {
-	if _, err := netlink.LinkByName(hostName); err == nil {
-		return cnierr.New(cnierr.AlreadyAttached, "ptp: container %s interface %s is already attached (host veth %s exists); DEL it first", args.ContainerID, args.IfName, hostName)
-	}
-	return cnierr.New(cnierr.AlreadyAttached, "ptp: interface %s already exists in network namespace %s", args.IfName, args.Netns)
 }

@@ -1,9 +1,7 @@
 package ptp_test
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/tripod-dev/tripod/internal/cni/vethtest"
 )
@@ -13,25 +11,5 @@ import (
 func BenchmarkAddDel(b *testing.B) {
 	e := vethtest.New(b)
 	list := e.ConfList(conf("1.1.0", `,"ipMasq":true,"ipam":`+v4Only))
-	pod := e.Pod("p")
-	var add, del time.Duration
-	e.In(func() {
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			t0 := time.Now()
-			if _, err := e.Runner.CNI.AddNetworkList(context.Background(), list, rt(pod)); err != nil {
-				b.Fatalf("ADD: %v", err)
-			}
-			t1 := time.Now()
-			if err := e.Runner.CNI.DelNetworkList(context.Background(), list, rt(pod)); err != nil {
-				b.Fatalf("DEL: %v", err)
-			}
-			add += t1.Sub(t0)
-			del += time.Since(t1)
-		}
-		b.StopTimer()
-		e.NoLeaks([]string{e.Tag})
-	})
-	b.ReportMetric(float64(add.Microseconds())/1000/float64(b.N), "add-ms")
-	b.ReportMetric(float64(del.Microseconds())/1000/float64(b.N), "del-ms")
+	e.BenchAddDel(b, list, rt(e.Pod("p")))
 }

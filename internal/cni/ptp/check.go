@@ -3,11 +3,9 @@ package ptp
 import (
 	"context"
 	"net"
-	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
@@ -16,6 +14,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/masq"
 	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
 // check verifies that what ADD built (its result is prevResult) is still
@@ -26,30 +25,16 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := version.ParsePrevResult(&n.PluginConf); err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "ptp: prevResult: %v", err)
-	}
-	if n.PrevResult == nil {
-		return cnierr.New(cnierr.InvalidConfig, "ptp: CHECK needs prevResult")
-	}
-	prev, err := current.NewResultFromResult(n.PrevResult)
+	prev, err := veth.PrevResult("ptp", &n.PluginConf)
 	if err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "ptp: prevResult: %v", err)
+		return err
 	}
 	if err := ipamcall.Check(ctx, n.IPAM.Type, args); err != nil {
 		return err
 	}
-	contIdx, hostIdx := -1, -1
-	for i, iface := range prev.Interfaces {
-		switch {
-		case iface.Sandbox != "" && iface.Name == args.IfName:
-			contIdx = i
-		case iface.Sandbox == "" && hostIdx < 0:
-			hostIdx = i
-		}
-	}
-	if contIdx < 0 || hostIdx < 0 {
-		return cnierr.New(cnierr.InvalidConfig, "ptp: prevResult lists no container interface %s and host veth", args.IfName)
+	contIdx, hostIdx, err := veth.Ends("ptp", prev, args.IfName, "")
+	if err != nil {
+		return err
 	}
 	cont, host := prev.Interfaces[contIdx], prev.Interfaces[hostIdx]
 
@@ -60,7 +45,7 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	if hl.Type() != "veth" {
 		return cnierr.New(cnierr.InvalidConfig, "ptp: host end %s is a %s link, not a veth", host.Name, hl.Type())
 	}
-	if err := sameMAC(host.Name, host.Mac, hl.Attrs().HardwareAddr); err != nil {
+	if err := veth.SameMAC("ptp", host.Name, host.Mac, hl.Attrs().HardwareAddr); err != nil {
 		return err
 	}
 	if err := checkHost(hl, prev); err != nil {
@@ -69,14 +54,8 @@ func check(ctx context.Context, args *skel.CmdArgs) error {
 	hostIndex := hl.Attrs().Index
 
 	err = nsutil.Do(args.Netns, func() error {
-		cl, err := netlink.LinkByName(args.IfName)
+		cl, err := veth.CheckPeer("ptp", args.IfName, cont, host, hostIndex)
 		if err != nil {
-			return cnierr.New(cnierr.InvalidConfig, "ptp: interface %s is missing: %v", args.IfName, err)
-		}
-		if cl.Type() != "veth" || cl.Attrs().ParentIndex != hostIndex {
-			return cnierr.New(cnierr.InvalidConfig, "ptp: interface %s is not the peer of host veth %s", args.IfName, host.Name)
-		}
-		if err := sameMAC(args.IfName, cont.Mac, cl.Attrs().HardwareAddr); err != nil {
 			return err
 		}
 		if err := ifaceconf.Check(args.IfName, contIdx, prev); err != nil {
@@ -148,13 +127,6 @@ func hasRoutes(l netlink.Link, dsts []net.IPNet) error {
 		if !found {
 			return cnierr.New(cnierr.InvalidConfig, "ptp: %s lacks the route to %s", l.Attrs().Name, d.String())
 		}
-	}
-	return nil
-}
-
-func sameMAC(name, want string, have net.HardwareAddr) error {
-	if want != "" && !strings.EqualFold(want, have.String()) {
-		return cnierr.New(cnierr.InvalidConfig, "ptp: %s has MAC %s, prevResult says %s", name, have, want)
 	}
 	return nil
 }

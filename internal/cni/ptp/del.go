@@ -8,36 +8,18 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/masq"
-	"github.com/tripod-dev/tripod/internal/cni/nftown"
 	"github.com/tripod-dev/tripod/internal/cni/steps"
 	"github.com/tripod-dev/tripod/internal/cni/veth"
 )
 
 // del releases the address, removes the rules and deletes the veth (its
-// addresses and host routes go with it), each found from the attachment's
-// identity alone. Every step runs even when another fails; the first
-// failure is reported. The rules go first over a connection closed at the
-// end, so that the kernel's wait for them overlaps the veth's removal (see
-// bridge).
+// addresses and host routes go with it); see veth.Del.
 func del(ctx context.Context, args *skel.CmdArgs) error {
 	n, err := load(args)
 	if err != nil {
 		return err
 	}
-	var errs []error
-	c, err := masq.Lasting()
-	if err != nil {
-		errs = append(errs, masq.CodedCleanup("ptp", err))
-	}
-	if c != nil {
-		defer func() { _ = c.CloseLasting() }()
-		errs = append(errs, masq.CodedCleanup("ptp", masq.RemoveWith(c, attachment(n, args.ContainerID, args.IfName))))
-	}
-	errs = append(errs, steps.Parallel(
-		func() error { return veth.Remove(n.Name, hostVethName(n, args), args.IfName, args.Netns) },
-		func() error { return ipamcall.Del(ctx, n.IPAM.Type, args) },
-	)...)
-	return steps.First(errs...)
+	return veth.Del(ctx, "ptp", n.Name, n.IPAM.Type, args)
 }
 
 // gc removes everything of the network's attachments that are not in
@@ -48,12 +30,7 @@ func gc(ctx context.Context, args *skel.CmdArgs) error {
 		return err
 	}
 	errs := []error{ipamcall.GC(ctx, n.IPAM.Type, args)}
-	keep := make([]nftown.Attachment, 0, len(n.ValidAttachments))
-	names := map[string]bool{}
-	for _, v := range n.ValidAttachments {
-		keep = append(keep, attachment(n, v.ContainerID, v.IfName))
-		names[veth.HostName(n.Name, v.ContainerID, v.IfName)] = true
-	}
+	keep, names := veth.Keep(n.Name, n.ValidAttachments)
 	errs = append(errs, masq.CodedCleanup("ptp", masq.GC(n.Name, keep)))
 	if _, err := veth.GC(n.Name, names); err != nil {
 		errs = append(errs, cnierr.New(cnierr.Netlink, "ptp: GC: %v", err))

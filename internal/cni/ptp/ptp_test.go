@@ -175,17 +175,7 @@ func TestVersions(t *testing.T) {
 			list := e.ConfList(conf(v, `,"ipMasq":true,"ipam":`+dualStack))
 			pod := e.Pod("p")
 			e.In(func() {
-				res, err := e.Runner.CNI.AddNetworkList(context.Background(), list, rt(pod))
-				if err != nil {
-					t.Fatalf("ADD: %v", err)
-				}
-				if res.Version() != v {
-					t.Errorf("result version %s, want %s", res.Version(), v)
-				}
-				cur, err := current.NewResultFromResult(res)
-				if err != nil {
-					t.Fatal(err)
-				}
+				cur := e.Runner.AddVersion(t, list, rt(pod), v)
 				if len(cur.IPs) != 2 || len(cur.Interfaces) != 2 {
 					t.Errorf("result %v: want 2 IPs, 2 interfaces", cur)
 				}

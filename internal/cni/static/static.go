@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
+	"github.com/tripod-dev/tripod/internal/cni/ipamconf"
 	"github.com/tripod-dev/tripod/internal/cni/plugin"
 )
 
@@ -38,28 +39,15 @@ type netConf struct {
 }
 
 type ipamConf struct {
-	Type      string      `json:"type"`
-	Addresses []address   `json:"addresses"`
-	Routes    []routeConf `json:"routes"`
-	DNS       types.DNS   `json:"dns"`
+	Type      string           `json:"type"`
+	Addresses []address        `json:"addresses"`
+	Routes    []ipamconf.Route `json:"routes"`
+	DNS       types.DNS        `json:"dns"`
 }
 
 type address struct {
 	Address string `json:"address"`
 	Gateway string `json:"gateway"`
-}
-
-// routeConf is types.Route with the addresses kept as text, so that a bad
-// one is reported as invalid configuration naming the value rather than as
-// an undecodable document.
-type routeConf struct {
-	Dst      string `json:"dst"`
-	GW       string `json:"gw"`
-	MTU      int    `json:"mtu"`
-	AdvMSS   int    `json:"advmss"`
-	Priority int    `json:"priority"`
-	Table    *int   `json:"table"`
-	Scope    *int   `json:"scope"`
 }
 
 // load decodes and validates the configuration and the per-attachment
@@ -90,13 +78,11 @@ func load(args *skel.CmdArgs) (*current.Result, error) {
 	if err := fitsVersion(c.CNIVersion, r.IPs); err != nil {
 		return nil, err
 	}
-	for i, rc := range c.IPAM.Routes {
-		rt, err := rc.parse(i)
-		if err != nil {
-			return nil, err
-		}
-		r.Routes = append(r.Routes, rt)
+	routes, err := ipamconf.Routes("static", c.IPAM.Routes)
+	if err != nil {
+		return nil, err
 	}
+	r.Routes = append(r.Routes, routes...)
 	return r, nil
 }
 
@@ -192,28 +178,6 @@ func (a address) parse() (*current.IPConfig, error) {
 		ipc.Gateway = gw
 	}
 	return ipc, nil
-}
-
-func (rc routeConf) parse(i int) (*types.Route, error) {
-	_, dst, err := net.ParseCIDR(rc.Dst)
-	if err != nil {
-		return nil, cnierr.New(cnierr.InvalidConfig, "static: routes[%d].dst %q is not in CIDR notation", i, rc.Dst)
-	}
-	rt := &types.Route{Dst: *dst, MTU: rc.MTU, AdvMSS: rc.AdvMSS, Priority: rc.Priority, Table: rc.Table, Scope: rc.Scope}
-	if rc.GW != "" {
-		gw := net.ParseIP(rc.GW)
-		if gw == nil {
-			return nil, cnierr.New(cnierr.InvalidConfig, "static: routes[%d].gw %q is not an IP address", i, rc.GW)
-		}
-		if (gw.To4() == nil) != (dst.IP.To4() == nil) {
-			return nil, cnierr.New(cnierr.InvalidConfig, "static: routes[%d].gw %s is of another IP family than dst %s", i, rc.GW, rc.Dst)
-		}
-		if v4 := gw.To4(); v4 != nil {
-			gw = v4
-		}
-		rt.GW = gw
-	}
-	return rt, nil
 }
 
 func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {

@@ -77,17 +77,7 @@ func TestLifecycleThroughLibcni(t *testing.T) {
 			rt := cnitest.RuntimeConf(tag, ns.Path, "eth0")
 			ctx := context.Background()
 
-			res, err := r.CNI.AddNetworkList(ctx, list, rt)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			if res.Version() != v {
-				t.Errorf("result version %s, want %s", res.Version(), v)
-			}
-			cur, err := current.NewResultFromResult(res)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cur := r.AddVersion(t, list, rt, v)
 			wantIPs(t, cur, "10.1.2.3/24 gw 10.1.2.1", "fd00:1::3/64 gw fd00:1::1")
 			if len(cur.Interfaces) != 0 {
 				t.Errorf("IPAM result has interfaces: %+v", cur.Interfaces)

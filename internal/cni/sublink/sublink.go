@@ -27,6 +27,8 @@ import (
 	"github.com/tripod-dev/tripod/internal/cni/ipamcall"
 	"github.com/tripod-dev/tripod/internal/cni/nldump"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
+	"github.com/tripod-dev/tripod/internal/cni/plugin"
+	"github.com/tripod-dev/tripod/internal/cni/podlink"
 )
 
 // Kind is a link type and where the kernel gets it from.
@@ -167,59 +169,7 @@ func Add(ctx context.Context, args *skel.CmdArgs, s *Spec) (*current.Result, err
 	undoLink := func() {
 		_ = nsutil.DoFile(nsf, func() error { return deleteLink(args.IfName, s.Kind.Name) })
 	}
-
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	if c.IPAM.Type != "" {
-		r, err := ipamcall.Add(ctx, c.IPAM.Type, args)
-		if err != nil {
-			undoLink()
-			return nil, err
-		}
-		res, err = current.NewResultFromResult(r)
-		if err != nil {
-			undoLink()
-			_ = ipamcall.Del(ctx, c.IPAM.Type, args)
-			return nil, cnierr.New(cnierr.Delegate, "IPAM plugin %q result: %v", c.IPAM.Type, err)
-		}
-		if len(res.IPs) == 0 {
-			undoLink()
-			_ = ipamcall.Del(ctx, c.IPAM.Type, args)
-			return nil, cnierr.New(cnierr.Delegate, "IPAM plugin %q returned no addresses", c.IPAM.Type)
-		}
-	}
-	err = nsutil.DoFile(nsf, func() error {
-		link, err := netlink.LinkByName(args.IfName)
-		if err != nil {
-			return cnierr.New(cnierr.Netlink, "finding the new %s link %s: %v", s.Kind.Name, args.IfName, err)
-		}
-		res.Interfaces = []*current.Interface{{
-			Name:    args.IfName,
-			Mac:     link.Attrs().HardwareAddr.String(),
-			Mtu:     link.Attrs().MTU,
-			Sandbox: args.Netns,
-		}}
-		for _, ip := range res.IPs {
-			ip.Interface = current.Int(0)
-		}
-		if c.IPAM.Type == "" {
-			if err := netlink.LinkSetUp(link); err != nil {
-				return cnierr.New(cnierr.Netlink, "bringing %s up: %v", args.IfName, err)
-			}
-			return nil
-		}
-		return ifaceconf.Configure(args.IfName, 0, res)
-	})
-	if err != nil {
-		undoLink()
-		if c.IPAM.Type != "" {
-			_ = ipamcall.Del(ctx, c.IPAM.Type, args)
-		}
-		return nil, err
-	}
-	if len(c.DNS.Nameservers) > 0 || c.DNS.Domain != "" || len(c.DNS.Search) > 0 || len(c.DNS.Options) > 0 {
-		res.DNS = c.DNS
-	}
-	return res, nil
+	return podlink.Configure(ctx, args, &c.PluginConf, nsf, "", undoLink)
 }
 
 // createError gives a failed link creation its code. The kernel answers
@@ -314,29 +264,10 @@ func Del(ctx context.Context, args *skel.CmdArgs, s *Spec) error {
 // addresses and routes the result gave it.
 func Check(ctx context.Context, args *skel.CmdArgs, s *Spec) error {
 	c := s.Conf
-	if c.PrevResult == nil {
-		return cnierr.New(cnierr.InvalidConfig, "CHECK needs prevResult in the network config")
-	}
-	prev, err := current.NewResultFromResult(c.PrevResult)
+	prev, idx, err := podlink.Prev(ctx, args, &c.PluginConf)
 	if err != nil {
-		return cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
+		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := ipamcall.Check(ctx, c.IPAM.Type, args); err != nil {
-			return err
-		}
-	}
-	idx := -1
-	for i, in := range prev.Interfaces {
-		if in.Name == args.IfName && (in.Sandbox == "" || in.Sandbox == args.Netns) {
-			idx = i
-			break
-		}
-	}
-	if idx < 0 {
-		return cnierr.New(cnierr.InvalidConfig, "prevResult has no interface %s in %s", args.IfName, args.Netns)
-	}
-	wantMAC := prev.Interfaces[idx].Mac
 	var masterIndex int
 	if !c.LinkInContainer {
 		m, err := Master(c.Master)
@@ -353,9 +284,9 @@ func Check(ctx context.Context, args *skel.CmdArgs, s *Spec) error {
 			}
 			masterIndex = m.Attrs().Index
 		}
-		l, err := netlink.LinkByName(args.IfName)
+		l, err := podlink.Link(args)
 		if err != nil {
-			return cnierr.New(cnierr.InvalidConfig, "interface %s is missing from %s: %v", args.IfName, args.Netns, err)
+			return err
 		}
 		if l.Type() != s.Kind.Name {
 			return cnierr.New(cnierr.InvalidConfig, "interface %s is a %s link, not %s", args.IfName, l.Type(), s.Kind.Name)
@@ -363,8 +294,8 @@ func Check(ctx context.Context, args *skel.CmdArgs, s *Spec) error {
 		if p := l.Attrs().ParentIndex; p != masterIndex {
 			return cnierr.New(cnierr.InvalidConfig, "interface %s sits on link index %d, not on master %q (index %d)", args.IfName, p, c.Master, masterIndex)
 		}
-		if wantMAC != "" && !strings.EqualFold(wantMAC, l.Attrs().HardwareAddr.String()) {
-			return cnierr.New(cnierr.InvalidConfig, "interface %s has MAC %s, prevResult says %s", args.IfName, l.Attrs().HardwareAddr, wantMAC)
+		if err := podlink.SameMAC(args, prev.Interfaces[idx], l); err != nil {
+			return err
 		}
 		if c.MTU != 0 && l.Attrs().MTU != c.MTU {
 			return cnierr.New(cnierr.InvalidConfig, "interface %s has MTU %d, config says %d", args.IfName, l.Attrs().MTU, c.MTU)
@@ -394,4 +325,46 @@ func Status(ctx context.Context, args *skel.CmdArgs, c *Conf) error {
 		return nil
 	}
 	return ipamcall.Status(ctx, c.IPAM.Type, args)
+}
+
+// Funcs returns a stacked-link plugin's verbs: each builds its Spec from
+// the call's config with spec, then runs the shared verb.
+func Funcs(spec func(*skel.CmdArgs) (*Spec, error)) plugin.Funcs {
+	return plugin.Funcs{
+		Add: func(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
+			s, err := spec(args)
+			if err != nil {
+				return nil, err
+			}
+			return Add(ctx, args, s)
+		},
+		Del: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Del(ctx, args, s)
+		},
+		Check: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Check(ctx, args, s)
+		},
+		GC: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return GC(ctx, args, s.Conf)
+		},
+		Status: func(ctx context.Context, args *skel.CmdArgs) error {
+			s, err := spec(args)
+			if err != nil {
+				return err
+			}
+			return Status(ctx, args, s.Conf)
+		},
+	}
 }

@@ -15,8 +15,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
@@ -164,22 +162,6 @@ func resolve(c *conf, args *skel.CmdArgs) (*settings, error) {
 	return s, nil
 }
 
-// prevResult returns the previous plugin's result, which tuning requires
-// and passes on.
-func prevResult(c *types.PluginConf) (*current.Result, error) {
-	if c.RawPrevResult == nil {
-		return nil, cnierr.New(cnierr.InvalidConfig, "tuning is a chained plugin: the config has no prevResult")
-	}
-	if err := version.ParsePrevResult(c); err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	r, err := current.NewResultFromResult(c.PrevResult)
-	if err != nil {
-		return nil, cnierr.New(cnierr.DecodingFailure, "prevResult: %v", err)
-	}
-	return r, nil
-}
-
 func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 	c, err := parse(args.StdinData)
 	if err != nil {
@@ -192,7 +174,7 @@ func add(_ context.Context, args *skel.CmdArgs) (types.Result, error) {
 	if err := checkAllowlist(allowlistPath, s.sysctls); err != nil {
 		return nil, err
 	}
-	prev, err := prevResult(&c.PluginConf)
+	prev, err := plugin.RequirePrevResult("tuning", &c.PluginConf)
 	if err != nil {
 		return nil, err
 	}
@@ -450,7 +432,7 @@ func check(_ context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if _, err := prevResult(&c.PluginConf); err != nil {
+	if _, err := plugin.RequirePrevResult("tuning", &c.PluginConf); err != nil {
 		return err
 	}
 	if s.empty() {

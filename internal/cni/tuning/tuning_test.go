@@ -34,9 +34,9 @@ func newEnv(t *testing.T) *env {
 	tag := cnitest.Tag(t)
 	ns := cnitest.NewNetns(t, tag)
 	t.Cleanup(func() { cnitest.DeleteLinks(tag) })
-	// A new netns inherits the host's IPv4 forwarding settings (which other
-	// software may have turned on); start from the kernel default so the
-	// tests see exactly what the plugin changes.
+	// A new namespace copies the host's IPv4 settings, and the bridge and
+	// ptp plugins turn the host's forwarding on: start from off, so that
+	// the tests see tuning's change and its undoing.
 	ns.Do(t, func() error {
 		for _, k := range []string{"all", "default"} {
 			if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+k+"/forwarding", []byte("0"), 0o644); err != nil {

@@ -3,10 +3,7 @@
 package vlan
 
 import (
-	"context"
-
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnierr"
@@ -16,7 +13,7 @@ import (
 
 // Plugin returns the vlan plugin.
 func Plugin() plugin.Plugin {
-	return plugin.Plugin{Name: "vlan", Funcs: plugin.Funcs{Add: add, Del: del, Check: check, GC: gc, Status: status}}
+	return plugin.Plugin{Name: "vlan", Funcs: sublink.Funcs(spec)}
 }
 
 // kind is the kernel link type this plugin creates.
@@ -56,44 +53,4 @@ func spec(args *skel.CmdArgs) (*sublink.Spec, error) {
 			return nil
 		},
 	}, nil
-}
-
-func add(ctx context.Context, args *skel.CmdArgs) (types.Result, error) {
-	s, err := spec(args)
-	if err != nil {
-		return nil, err
-	}
-	return sublink.Add(ctx, args, s)
-}
-
-func del(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Del(ctx, args, s)
-}
-
-func check(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Check(ctx, args, s)
-}
-
-func gc(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.GC(ctx, args, s.Conf)
-}
-
-func status(ctx context.Context, args *skel.CmdArgs) error {
-	s, err := spec(args)
-	if err != nil {
-		return err
-	}
-	return sublink.Status(ctx, args, s.Conf)
 }
