@@ -1,0 +1,132 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tripod-dev/tripod/internal/csi/loop"
+	"github.com/tripod-dev/tripod/internal/csi/state"
+)
+
+// recover brings the root back to a consistent state after the driver was
+// killed at an arbitrary point:
+//   - a volume or snapshot still Creating was never handed out: its partial
+//     image and record go (a retried create makes it afresh);
+//   - a volume Deleting is deleted;
+//   - an inline volume with no target left is deleted;
+//   - loop devices on this root's images that nothing stages or publishes
+//     any more (a crash between attach and record) are detached;
+//   - image files without a record are removed.
+func (d *Driver) recover(ctx context.Context) error {
+	vols, err := d.store.Volumes()
+	if err != nil {
+		return err
+	}
+	live := map[string]*state.Volume{}
+	for _, v := range vols {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch {
+		case v.Phase == state.Creating:
+			os.Remove(d.volumeFile(v.ID))
+			if err := d.store.DeleteVolume(v.ID); err != nil {
+				return err
+			}
+			d.log.Info("recover: dropped unfinished volume", "id", v.ID, "name", v.Name)
+		case v.Phase == state.Deleting, v.Ephemeral && len(v.Targets) == 0 && v.Staging == "":
+			v.Phase = state.Deleting
+			if err := d.finishDelete(v); err != nil {
+				return fmt.Errorf("finish delete of %s: %w", v.ID, err)
+			}
+		default:
+			live[v.ID] = v
+		}
+	}
+	groups, err := d.store.Groups()
+	if err != nil {
+		return err
+	}
+	for _, g := range groups {
+		if g.Phase != state.Ready {
+			if err := d.dropGroup(g); err != nil {
+				return err
+			}
+		}
+	}
+	snaps, err := d.store.Snapshots()
+	if err != nil {
+		return err
+	}
+	liveSnaps := map[string]bool{}
+	for _, s := range snaps {
+		if s.Phase != state.Ready {
+			if err := d.removeSnapshot(s); err != nil {
+				return err
+			}
+			d.log.Info("recover: dropped unfinished snapshot", "id", s.ID, "name", s.Name)
+			continue
+		}
+		liveSnaps[s.ID] = true
+	}
+	if err := d.recoverLoops(live); err != nil {
+		return err
+	}
+	removeOrphans(filepath.Join(d.cfg.Root, "volumes"), func(id string) bool { return live[id] != nil })
+	removeOrphans(filepath.Join(d.cfg.Root, "snapshots"), func(id string) bool { return liveSnaps[id] })
+	return nil
+}
+
+func (d *Driver) recoverLoops(live map[string]*state.Volume) error {
+	devs, err := loop.List()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(d.cfg.Root, "volumes") + "/"
+	for _, dev := range devs {
+		rest, ok := strings.CutPrefix(dev.Backing, dir)
+		if !ok {
+			continue
+		}
+		id := strings.TrimSuffix(rest, ".img")
+		v := live[id]
+		keep := v != nil && !dev.Deleted
+		if keep && dev.ReadOnly {
+			keep = false
+			for _, t := range v.Targets {
+				keep = keep || t.Loop == dev.Path
+			}
+		} else if keep {
+			keep = v.Staging != "" || len(v.Targets) > 0
+		}
+		if keep {
+			continue
+		}
+		// A device still mounted is only marked autoclear by this.
+		if err := loop.Detach(dev.Path); err != nil {
+			return err
+		}
+		d.log.Info("recover: detached leaked loop device", "device", dev.Path, "backing", dev.Backing)
+	}
+	return nil
+}
+
+func removeOrphans(dir string, known func(id string) bool) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".img")
+		if ok && known(id) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+	}
+}
