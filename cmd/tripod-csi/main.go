@@ -69,6 +69,8 @@ func run(args []string) error {
 		return err
 	}
 	dcfg.Version = version
+	// Crash-recovery tests only: see driver.Config.FailPoint.
+	dcfg.FailPoint = os.Getenv("TRIPOD_CSI_FAILPOINT")
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()

@@ -103,9 +103,11 @@ type Driver struct {
 	Socket string
 	NodeID string
 	Args   []string
-	cmd    *exec.Cmd
-	done   chan error
-	Conn   *grpc.ClientConn
+	// Env is added to the driver's environment at its next (re)start.
+	Env  []string
+	cmd  *exec.Cmd
+	done chan error
+	Conn *grpc.ClientConn
 
 	Identity   csi.IdentityClient
 	Controller csi.ControllerClient
@@ -116,6 +118,12 @@ type Driver struct {
 // Start runs the driver with extra flags in a fresh per-test directory.
 func Start(t testing.TB, extra ...string) *Driver {
 	t.Helper()
+	return StartEnv(t, nil, extra...)
+}
+
+// StartEnv is Start with extra environment variables for the first run.
+func StartEnv(t testing.TB, env []string, extra ...string) *Driver {
+	t.Helper()
 	NeedRoot(t)
 	dir := t.TempDir()
 	// Registered after TempDir's removal, so it runs before it.
@@ -123,6 +131,7 @@ func Start(t testing.TB, extra ...string) *Driver {
 	d := &Driver{
 		t: t, Bin: Binary(t), Dir: dir, Root: filepath.Join(dir, "root"),
 		Socket: filepath.Join(dir, "csi.sock"), NodeID: "node-" + filepath.Base(filepath.Dir(dir)),
+		Env: env,
 	}
 	if len(d.NodeID) > 60 {
 		d.NodeID = d.NodeID[:60]
@@ -136,6 +145,7 @@ func Start(t testing.TB, extra ...string) *Driver {
 func (d *Driver) start() {
 	d.t.Helper()
 	d.cmd = exec.Command(d.Bin, d.Args...)
+	d.cmd.Env = append(os.Environ(), d.Env...)
 	logf, err := os.OpenFile(filepath.Join(d.Dir, "driver.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		d.t.Fatal(err)
@@ -199,6 +209,15 @@ func (d *Driver) Kill() {
 	<-d.done
 	d.Conn.Close()
 	d.cmd = nil
+}
+
+// Exited waits for a driver that is expected to die by itself (at a fail
+// point) and reports how it ended.
+func (d *Driver) Exited() error {
+	err := <-d.done
+	d.Conn.Close()
+	d.cmd = nil
+	return err
 }
 
 // Restart starts the driver again on the same root and socket.

@@ -224,6 +224,7 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 	if err := d.reserve(v); err != nil {
 		return nil, err
 	}
+	d.failpoint("create-recorded")
 	file := d.volumeFile(id)
 	switch {
 	case snap != nil:
@@ -241,6 +242,7 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 		}
 		return nil, internal(err, "create volume %s", spec.name)
 	}
+	d.failpoint("create-written")
 	v.Phase = state.Ready
 	if err := d.store.PutVolume(v); err != nil {
 		return nil, internal(err, "record volume")

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -49,6 +50,9 @@ type Config struct {
 	// DefaultFsType is used when a mount capability names none.
 	DefaultFsType string
 	Log           *slog.Logger
+	// FailPoint names a point in the code where the driver kills itself
+	// with SIGKILL, for crash-recovery tests (see failpoint).
+	FailPoint string
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
@@ -278,6 +282,18 @@ func internal(err error, format string, args ...any) error {
 		return err
 	}
 	return status.Errorf(codes.Internal, "%s: %v", fmt.Sprintf(format, args...), err)
+}
+
+// failpoint kills the process with SIGKILL when name is the configured
+// fail point, so tests can crash the driver between two exact steps.
+// Points: create-recorded, create-written, stage-attached, stage-mounted,
+// snapshot-written.
+func (d *Driver) failpoint(name string) {
+	if d.cfg.FailPoint == name {
+		d.log.Warn("fail point reached: killing myself", "point", name)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
 }
 
 func (d *Driver) topology() *csi.Topology {

@@ -142,6 +142,7 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 		return internal(err, "attach volume %s", v.ID)
 	}
 	defer dev.Close()
+	d.failpoint("stage-attached")
 	if v.Access == state.AccessBlock {
 		return nil
 	}
@@ -158,6 +159,7 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 			return internal(err, "stage volume %s", v.ID)
 		}
 		fresh = true
+		d.failpoint("stage-mounted")
 	}
 	// The image may have grown while unstaged (an offline expansion, or
 	// a clone into a larger volume): grow the filesystem to match. Where

@@ -115,6 +115,7 @@ func (d *Driver) snapshot(ctx context.Context, id, name string, v *state.Volume,
 		}
 		return nil, internal(err, "snapshot %s", name)
 	}
+	d.failpoint("snapshot-written")
 	s.Phase = state.Ready
 	if err := d.store.PutSnapshot(s); err != nil {
 		return nil, internal(err, "record snapshot")

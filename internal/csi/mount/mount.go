@@ -85,7 +85,10 @@ func Bind(source string, target *os.File, ro bool) error {
 		return fmt.Errorf("bind %s on %s: %w", source, target.Name(), err)
 	}
 	if ro {
-		if err := unix.Mount("", fdPath(target), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		// The fd still names the directory under the new mount, so the
+		// remount goes by path; a mount point cannot be renamed or
+		// replaced by a symlink, so the path now means the new mount.
+		if err := unix.Mount("", target.Name(), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 			_ = unix.Unmount(target.Name(), unix.UMOUNT_NOFOLLOW|unix.MNT_DETACH)
 			return fmt.Errorf("remount %s read-only: %w", target.Name(), err)
 		}
