@@ -122,6 +122,12 @@ func Open(dir string) (*Store, error) {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("create state dir: %w", err)
 		}
+		// Temporary files of writes a crash interrupted; only at open,
+		// when no write of this process can be in flight.
+		tmps, _ := filepath.Glob(filepath.Join(dir, sub, ".tmp-*"))
+		for _, p := range tmps {
+			os.Remove(p)
+		}
 	}
 	return &Store{dir: dir}, nil
 }
@@ -200,8 +206,7 @@ func (s *Store) del(kind, id string) error {
 	return syncDir(filepath.Join(s.dir, kind))
 }
 
-// ids lists record IDs of kind in sorted order; leftover temporary files
-// from a crash mid-write are removed.
+// ids lists record IDs of kind in sorted order.
 func (s *Store) ids(kind string) ([]string, error) {
 	dir := filepath.Join(s.dir, kind)
 	entries, err := os.ReadDir(dir)
@@ -211,10 +216,6 @@ func (s *Store) ids(kind string) ([]string, error) {
 	var out []string
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasPrefix(n, ".tmp-") {
-			os.Remove(filepath.Join(dir, n))
-			continue
-		}
 		if id, ok := strings.CutSuffix(n, ".json"); ok {
 			out = append(out, id)
 		}
