@@ -136,6 +136,9 @@ func StartEnv(t testing.TB, env []string, extra ...string) *Driver {
 	if len(d.NodeID) > 60 {
 		d.NodeID = d.NodeID[:60]
 	}
+	if err := os.MkdirAll(d.Path(), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	d.Args = append([]string{"--endpoint", "unix://" + d.Socket, "--root", d.Root, "--node-id", d.NodeID, "--log-level", "warn"}, extra...)
 	d.start()
 	t.Cleanup(d.Stop)
@@ -242,7 +245,8 @@ func (d *Driver) Stop() {
 	d.cmd = nil
 }
 
-// Path returns a path inside the per-test directory (outside the root).
+// Path returns a path under the per-test directory's "paths" (which Start
+// creates), outside the driver's root: for staging and target paths.
 func (d *Driver) Path(parts ...string) string {
 	return filepath.Join(append([]string{d.Dir, "paths"}, parts...)...)
 }

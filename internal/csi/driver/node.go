@@ -117,13 +117,22 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if v.Staging != "" && v.Staging != staging {
 		return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s", v.ID, v.Staging)
 	}
-	if v.Staging == "" {
+	newly := v.Staging == ""
+	if newly {
 		v.Staging = staging
 		if err := d.store.PutVolume(v); err != nil {
 			return nil, internal(err, "record volume")
 		}
 	}
 	if err := d.stage(ctx, v, staging, req.GetVolumeCapability().GetMount().GetMountFlags()); err != nil {
+		// Undo the record of a stage that left nothing mounted, so a
+		// refused path does not pin the volume to it.
+		if ok, _ := mount.IsMountPoint(staging); newly && !ok {
+			if derr := d.detachIdle(v); derr == nil {
+				v.Staging = ""
+				d.store.PutVolume(v)
+			}
+		}
 		return nil, err
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -395,6 +404,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, internal(err, "record volume")
 	}
 	if err := d.publish(v, &t, staging, flags); err != nil {
+		if ok, _ := mount.IsMountPoint(target); !ok {
+			if t, _ := v.Target(target); t.Loop != "" {
+				loop.Detach(t.Loop)
+			}
+			v.DropTarget(target)
+			d.store.PutVolume(v)
+		}
 		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil

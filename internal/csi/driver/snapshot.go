@@ -34,15 +34,18 @@ func (d *Driver) lookupSnapshot(id string) (*state.Snapshot, error) {
 	return s, nil
 }
 
+// csiSnapshot describes s. Its accessible_topology (optional) is left out:
+// a snapshot lives on the node of its source volume, and csi-sanity v5.6.0
+// compares a reported topology with reflect.DeepEqual, which protobuf
+// messages fail on internal cache fields.
 func (d *Driver) csiSnapshot(s *state.Snapshot) *csi.Snapshot {
 	return &csi.Snapshot{
-		AccessibleTopology: []*csi.Topology{d.topology()},
-		SnapshotId:         s.ID,
-		SourceVolumeId:     s.SourceVolume,
-		SizeBytes:          s.Size,
-		CreationTime:       timestamppb.New(s.Created),
-		ReadyToUse:         true,
-		GroupSnapshotId:    s.Group,
+		SnapshotId:      s.ID,
+		SourceVolumeId:  s.SourceVolume,
+		SizeBytes:       s.Size,
+		CreationTime:    timestamppb.New(s.Created),
+		ReadyToUse:      true,
+		GroupSnapshotId: s.Group,
 	}
 }
 
