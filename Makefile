@@ -14,15 +14,19 @@ export PATH := $(TOOLS):$(PATH)
 # DHCP server the dhcp plugin is tested against), QEMU with Debian's kernel
 # and busybox (macvlan/ipvlan/vlan, which this host's kernel lacks).
 APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod
+# tripod-csi formats and grows volumes with these (mkfs.ext4/resize2fs,
+# mkfs.xfs/xfs_growfs).
+APT_PACKAGES += e2fsprogs xfsprogs util-linux
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
+CSI_SANITY := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-csi up install-cni clean
 
 all: build
 
@@ -30,6 +34,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tripod-cni ./cmd/tripod-cni
 	@mkdir -p $(BIN)/cni
 	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/tripod-csi ./cmd/tripod-csi
 
 deps: apt-deps go-tools
 
@@ -41,13 +46,16 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/csi-sanity
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
 
 $(TOOLS)/cnitool:
 	GOBIN=$(TOOLS) $(GO) install $(CNITOOL)
+
+$(TOOLS)/csi-sanity:
+	GOBIN=$(TOOLS) $(GO) install $(CSI_SANITY)
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
@@ -69,12 +77,16 @@ lint:
 test: deps build lint test-go
 
 test-go:
-	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
+	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni
+bench: bench-cni bench-csi
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
+
+# tripod-csi latencies (p50/p99 per call) and RSS, against the built binary.
+bench-csi: deps build
+	TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) run ./bench/csi
 
 # The main job. Until tripodd and tripod-csi land, it installs the CNI
 # plugins into /opt/cni/bin.

@@ -128,6 +128,16 @@ func StartEnv(t testing.TB, env []string, extra ...string) *Driver {
 	dir := t.TempDir()
 	// Registered after TempDir's removal, so it runs before it.
 	t.Cleanup(func() { CleanupDir(t, dir) })
+	// The directory becomes a shared mount, as kubelet's is: a process
+	// elsewhere on the machine that copies our mounts into a new mount
+	// namespace (ip netns exec, for one) then gets copies that follow our
+	// unmounts, instead of pinning a volume's filesystem and loop device.
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s: %v", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatalf("make %s shared: %v", dir, err)
+	}
 	d := &Driver{
 		t: t, Bin: Binary(t), Dir: dir, Root: filepath.Join(dir, "root"),
 		Socket: filepath.Join(dir, "csi.sock"), NodeID: "node-" + filepath.Base(filepath.Dir(dir)),
@@ -338,6 +348,7 @@ func AssertClean(t testing.TB, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mps = slices.DeleteFunc(mps, func(mp string) bool { return mp == dir }) // Start's shared bind
 	if len(mps) > 0 {
 		t.Errorf("mounts left under %s: %v", dir, mps)
 	}

@@ -262,7 +262,9 @@ func (d *Driver) reserve(v *state.Volume) error {
 	if v.Capacity > avail {
 		return status.Errorf(codes.ResourceExhausted, "volume of %d bytes does not fit: %d bytes available", v.Capacity, avail)
 	}
-	if err := d.store.PutVolume(v); err != nil {
+	// Not durable: an image left by a power loss before the record
+	// reached the disk has no record, and recover removes it.
+	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return internal(err, "record volume")
 	}
 	return nil
@@ -351,8 +353,10 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if len(v.PublishedNodes) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published to %v", id, v.PublishedNodes)
 	}
+	// Not durable: after a power loss the volume is simply still there,
+	// and the CO's retried DeleteVolume removes it.
 	v.Phase = state.Deleting
-	if err := d.store.PutVolume(v); err != nil {
+	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return nil, internal(err, "record volume")
 	}
 	if err := d.finishDelete(v); err != nil {

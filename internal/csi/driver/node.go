@@ -120,7 +120,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	newly := v.Staging == ""
 	if newly {
 		v.Staging = staging
-		if err := d.store.PutVolume(v); err != nil {
+		if err := d.store.PutVolumeVolatile(v); err != nil {
 			return nil, internal(err, "record volume")
 		}
 	}
@@ -130,7 +130,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		if ok, _ := mount.IsMountPoint(staging); newly && !ok {
 			if derr := d.detachIdle(v); derr == nil {
 				v.Staging = ""
-				d.store.PutVolume(v)
+				d.store.PutVolumeVolatile(v)
 			}
 		}
 		return nil, err
@@ -320,7 +320,7 @@ func (d *Driver) unstage(v *state.Volume, dir string) error {
 	}
 	if v.Staging != "" {
 		v.Staging = ""
-		if err := d.store.PutVolume(v); err != nil {
+		if err := d.store.PutVolumeVolatile(v); err != nil {
 			return internal(err, "record volume")
 		}
 	}
@@ -400,7 +400,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	t, _ := v.Target(target)
 	t.Path, t.ReadOnly = target, ro
 	v.SetTarget(t)
-	if err := d.store.PutVolume(v); err != nil {
+	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return nil, internal(err, "record volume")
 	}
 	if err := d.publish(v, &t, staging, flags); err != nil {
@@ -409,7 +409,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 				loop.Detach(t.Loop)
 			}
 			v.DropTarget(target)
-			d.store.PutVolume(v)
+			d.store.PutVolumeVolatile(v)
 		}
 		return nil, err
 	}
@@ -484,7 +484,7 @@ func (d *Driver) blockDevice(v *state.Volume, t *state.Target) (string, error) {
 	f.Close()
 	t.Loop = f.Name()
 	v.SetTarget(*t)
-	if err := d.store.PutVolume(v); err != nil {
+	if err := d.store.PutVolumeVolatile(v); err != nil {
 		loop.Detach(t.Loop)
 		return "", internal(err, "record volume")
 	}
@@ -546,13 +546,13 @@ func (d *Driver) unpublish(v *state.Volume, target string) error {
 	}
 	if ok {
 		v.DropTarget(target)
-		if err := d.store.PutVolume(v); err != nil {
+		if err := d.store.PutVolumeVolatile(v); err != nil {
 			return internal(err, "record volume")
 		}
 	}
 	if v.Ephemeral && len(v.Targets) == 0 {
 		v.Phase = state.Deleting
-		if err := d.store.PutVolume(v); err != nil {
+		if err := d.store.PutVolumeVolatile(v); err != nil {
 			return internal(err, "record volume")
 		}
 		return d.finishDelete(v)
@@ -618,7 +618,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is published with readonly=%v", handle, t.ReadOnly)
 	}
 	v.SetTarget(state.Target{Path: target, ReadOnly: ro})
-	if err := d.store.PutVolume(v); err != nil {
+	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return nil, internal(err, "record volume")
 	}
 	if ro {

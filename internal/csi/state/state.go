@@ -145,7 +145,12 @@ func (s *Store) Check() error {
 
 func (s *Store) path(kind, id string) string { return filepath.Join(s.dir, kind, id+".json") }
 
-func (s *Store) put(kind, id string, v any) error {
+// put replaces a record. durable adds the fsyncs that make the write
+// survive a power loss; without them it still survives a kill -9 (the page
+// cache outlives the process), which is all that state meaningful only
+// until the next reboot (mounts, loop devices) or that recovery can redo
+// (an unfinished create) needs.
+func (s *Store) put(kind, id string, v any, durable bool) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s %s: %w", kind, id, err)
@@ -157,7 +162,7 @@ func (s *Store) put(kind, id string, v any) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -169,6 +174,9 @@ func (s *Store) put(kind, id string, v any) error {
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s %s: %w", kind, id, err)
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(dir)
 }
@@ -243,15 +251,20 @@ func list[T any](s *Store, kind string) ([]*T, error) {
 	return out, nil
 }
 
-func (s *Store) PutVolume(v *Volume) error    { return s.put("volumes", v.ID, v) }
-func (s *Store) DeleteVolume(id string) error { return s.del("volumes", id) }
+// PutVolume records v durably.
+func (s *Store) PutVolume(v *Volume) error { return s.put("volumes", v.ID, v, true) }
+
+// PutVolumeVolatile records v without fsync: for node attachment state and
+// unfinished work, see put.
+func (s *Store) PutVolumeVolatile(v *Volume) error { return s.put("volumes", v.ID, v, false) }
+func (s *Store) DeleteVolume(id string) error      { return s.del("volumes", id) }
 func (s *Store) Volume(id string) (*Volume, error) {
 	v := new(Volume)
 	return v, s.get("volumes", id, v)
 }
 func (s *Store) Volumes() ([]*Volume, error) { return list[Volume](s, "volumes") }
 
-func (s *Store) PutSnapshot(v *Snapshot) error  { return s.put("snapshots", v.ID, v) }
+func (s *Store) PutSnapshot(v *Snapshot) error  { return s.put("snapshots", v.ID, v, true) }
 func (s *Store) DeleteSnapshot(id string) error { return s.del("snapshots", id) }
 func (s *Store) Snapshot(id string) (*Snapshot, error) {
 	v := new(Snapshot)
@@ -259,7 +272,7 @@ func (s *Store) Snapshot(id string) (*Snapshot, error) {
 }
 func (s *Store) Snapshots() ([]*Snapshot, error) { return list[Snapshot](s, "snapshots") }
 
-func (s *Store) PutGroup(v *Group) error     { return s.put("groups", v.ID, v) }
+func (s *Store) PutGroup(v *Group) error     { return s.put("groups", v.ID, v, true) }
 func (s *Store) DeleteGroup(id string) error { return s.del("groups", id) }
 func (s *Store) Group(id string) (*Group, error) {
 	v := new(Group)
