@@ -40,8 +40,9 @@ func main() {
 	n := flag.Int("n", 100, "filesystem volumes")
 	snaps := flag.Int("snapshots", 10, "CreateSnapshot repetitions")
 	fs := flag.String("fstype", "ext4", "filesystem of the volumes")
+	logLevel := flag.String("log-level", "warn", "the driver's log level (debug logs every call's duration)")
 	flag.Parse()
-	if err := run(*n, *snaps, *fs); err != nil {
+	if err := run(*n, *snaps, *fs, *logLevel); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-csi:", err)
 		os.Exit(1)
 	}
@@ -55,9 +56,9 @@ type driver struct {
 	conn *grpc.ClientConn
 }
 
-func start(bin, dir string) (*driver, error) {
+func start(bin, dir, logLevel string) (*driver, error) {
 	sock := filepath.Join(dir, "csi.sock")
-	cmd := exec.Command(bin, "--endpoint", "unix://"+sock, "--root", filepath.Join(dir, "root"), "--node-id", "bench", "--log-level", "warn")
+	cmd := exec.Command(bin, "--endpoint", "unix://"+sock, "--root", filepath.Join(dir, "root"), "--node-id", "bench", "--log-level", logLevel)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -137,7 +138,7 @@ func timed(f func() error) (time.Duration, error) {
 	return time.Since(t), err
 }
 
-func run(n, snaps int, fstype string) error {
+func run(n, snaps int, fstype, logLevel string) error {
 	bin := os.Getenv("TRIPOD_CSI_BIN")
 	if bin == "" {
 		bin = "bin/tripod-csi"
@@ -153,7 +154,7 @@ func run(n, snaps int, fstype string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	d, err := start(bin, tmp)
+	d, err := start(bin, tmp, logLevel)
 	if err != nil {
 		return err
 	}

@@ -229,10 +229,13 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 	switch {
 	case snap != nil:
 		err = copySparse(ctx, d.snapshotFile(snap.ID), file, spec.size)
+		v.FsSize = snap.FsSize
 	case srcVol != nil:
 		err = d.copyVolume(ctx, srcVol, file, spec.size, true)
+		v.FsSize = srcVol.FsSize
 	default:
 		err = makeImage(ctx, file, spec.size, spec.fsType)
+		v.FsSize = spec.size
 	}
 	if err != nil {
 		os.Remove(file)

@@ -182,6 +182,9 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 		if err := mount.GrowOffline(ctx, dev.Name(), v.FsType); err != nil {
 			return internal(err, "grow filesystem of %s", v.ID)
 		}
+		if err := d.grown(v); err != nil {
+			return internal(err, "stage volume %s", v.ID)
+		}
 		if err := mount.Mount(dev.Name(), target, v.FsType, mflags, data); err != nil {
 			return internal(err, "stage volume %s", v.ID)
 		}
@@ -201,25 +204,35 @@ func growError(v *state.Volume, err error) error {
 }
 
 // growFS grows the filesystem mounted at dir when its device is larger.
+// The volume record says how large a device the filesystem was last made or
+// grown for (FsSize), so staging an unchanged volume costs no resize2fs.
 func (d *Driver) growFS(ctx context.Context, v *state.Volume, dev, dir string) error {
-	if err := loop.Resize(dev); err != nil {
-		return err
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
-	}
 	size, err := loop.Size(dev)
 	if err != nil {
 		return err
 	}
-	// Filesystem metadata hides a few percent of the blocks from statfs;
-	// a gap above 5% (and 4 MiB) means the device grew.
-	fsBytes := int64(st.Blocks) * st.Bsize
-	if size-fsBytes <= max(size/20, 4*mib) {
+	if size < v.Capacity {
+		if err := loop.Resize(dev); err != nil {
+			return err
+		}
+	}
+	if v.FsSize >= v.Capacity {
 		return nil
 	}
-	return mount.Grow(ctx, dev, dir, v.FsType)
+	if err := mount.Grow(ctx, dev, dir, v.FsType); err != nil {
+		return err
+	}
+	return d.grown(v)
+}
+
+// grown records that v's filesystem fills its device. Not durable: lost,
+// it only costs one resize that finds nothing to do.
+func (d *Driver) grown(v *state.Volume) error {
+	v.FsSize = v.Capacity
+	if err := d.store.PutVolumeVolatile(v); err != nil {
+		return fmt.Errorf("record filesystem size: %w", err)
+	}
+	return nil
 }
 
 func sameDevice(mountPoint, dev string) bool {

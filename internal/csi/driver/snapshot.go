@@ -94,7 +94,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 func (d *Driver) snapshot(ctx context.Context, id, name string, v *state.Volume, group string) (*state.Snapshot, error) {
 	s := &state.Snapshot{
 		ID: id, Name: name, Phase: state.Creating, SourceVolume: v.ID,
-		Access: v.Access, FsType: v.FsType, Size: v.Capacity, Group: group,
+		Access: v.Access, FsType: v.FsType, Size: v.Capacity, FsSize: v.FsSize, Group: group,
 		Created: time.Now().UTC(),
 	}
 	d.capMu.Lock()

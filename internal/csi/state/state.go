@@ -33,13 +33,16 @@ const (
 
 // Volume is a provisioned volume.
 type Volume struct {
-	ID       string            `json:"id"`
-	Name     string            `json:"name"`
-	Phase    Phase             `json:"phase"`
-	Access   string            `json:"access"`           // AccessMount or AccessBlock
-	FsType   string            `json:"fsType,omitempty"` // for AccessMount
-	Capacity int64             `json:"capacity"`
-	Params   map[string]string `json:"params,omitempty"`
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	Phase    Phase  `json:"phase"`
+	Access   string `json:"access"`           // AccessMount or AccessBlock
+	FsType   string `json:"fsType,omitempty"` // for AccessMount
+	Capacity int64  `json:"capacity"`
+	// FsSize is the device size the filesystem was last made or grown
+	// for; below Capacity, the next stage or NodeExpandVolume grows it.
+	FsSize int64             `json:"fsSize,omitempty"`
+	Params map[string]string `json:"params,omitempty"`
 	// Mutable holds the parameters ControllerModifyVolume may change.
 	Mutable        map[string]string `json:"mutable,omitempty"`
 	SourceSnapshot string            `json:"sourceSnapshot,omitempty"`
@@ -96,6 +99,7 @@ type Snapshot struct {
 	Access       string    `json:"access"`
 	FsType       string    `json:"fsType,omitempty"`
 	Size         int64     `json:"size"`
+	FsSize       int64     `json:"fsSize,omitempty"` // the source's FsSize
 	Group        string    `json:"group,omitempty"`
 	Created      time.Time `json:"created"`
 }
