@@ -160,7 +160,10 @@ func run(n, snaps int, fstype, logLevel string) error {
 	}
 	defer d.stop()
 	ctx := context.Background()
-	time.Sleep(200 * time.Millisecond)
+	// Resident sizes are taken once the driver has been idle long enough
+	// (2 s) to hand back memory, as it does between bursts of calls.
+	settle := 3 * time.Second
+	time.Sleep(settle)
 	idle, err := d.rss()
 	if err != nil {
 		return err
@@ -206,6 +209,11 @@ func run(n, snaps int, fstype, logLevel string) error {
 		}
 		pub = append(pub, dur)
 	}
+	busy, err := d.rss()
+	if err != nil {
+		return err
+	}
+	time.Sleep(settle)
 	live, err := d.rss()
 	if err != nil {
 		return err
@@ -284,7 +292,7 @@ func run(n, snaps int, fstype, logLevel string) error {
 	fmt.Fprintf(w, "DeleteVolume\t%s\t%s\thostpath 0.47\t\n", ms(pct(del, 50)), ms(pct(del, 99)))
 	fmt.Fprintf(w, "CreateSnapshot (64 MiB data)\t%s\t%s\t< 300 (hostpath 1470)\t\n", ms(pct(snap, 50)), ms(pct(snap, 99)))
 	w.Flush()
-	fmt.Printf("\nRSS idle %.1f MiB, with %d volumes live %.1f MiB (target <= 10 MiB; hostpath 16 / 21.7)\n",
-		float64(idle)/float64(mib), n, float64(live)/float64(mib))
+	fmt.Printf("\nRSS idle %.1f MiB; with %d volumes live %.1f MiB (right after the last publish: %.1f MiB)\n(target <= 10 MiB; hostpath 16 idle, 21.7 with 100 volumes)\n",
+		float64(idle)/float64(mib), n, float64(live)/float64(mib), float64(busy)/float64(mib))
 	return nil
 }

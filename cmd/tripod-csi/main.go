@@ -70,6 +70,10 @@ func run(args []string) error {
 		return err
 	}
 	dcfg.Version = version
+	dcfg.OnIdle = func() {
+		debug.FreeOSMemory()
+		dropStartupPages()
+	}
 	// Crash-recovery tests only: see driver.Config.FailPoint.
 	dcfg.FailPoint = os.Getenv("TRIPOD_CSI_FAILPOINT")
 

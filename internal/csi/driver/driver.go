@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -50,6 +51,11 @@ type Config struct {
 	// DefaultFsType is used when a mount capability names none.
 	DefaultFsType string
 	Log           *slog.Logger
+	// OnIdle, if set, runs once the driver has had no call for IdleAfter
+	// (2s if zero) after a busy spell: the command uses it to hand memory
+	// back to the system.
+	OnIdle    func()
+	IdleAfter time.Duration
 	// FailPoint names a point in the code where the driver kills itself
 	// with SIGKILL, for crash-recovery tests (see failpoint).
 	FailPoint string
@@ -81,6 +87,8 @@ type Driver struct {
 	// together overcommit.
 	capMu sync.Mutex
 	log   *slog.Logger
+	// activity is signalled (without blocking) by every call, for OnIdle.
+	activity chan struct{}
 }
 
 // New validates cfg, prepares the root and recovers from any interrupted
@@ -126,7 +134,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: st, log: cfg.Log}
+	if cfg.IdleAfter == 0 {
+		cfg.IdleAfter = 2 * time.Second
+	}
+	d := &Driver{cfg: cfg, store: st, log: cfg.Log, activity: make(chan struct{}, 1)}
 	if err := d.recover(ctx); err != nil {
 		return nil, fmt.Errorf("recover: %w", err)
 	}

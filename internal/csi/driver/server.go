@@ -58,6 +58,9 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 	csi.RegisterControllerServer(srv, d)
 	csi.RegisterGroupControllerServer(srv, d)
 	csi.RegisterNodeServer(srv, d)
+	if d.cfg.OnIdle != nil {
+		go d.watchIdle(ctx)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		done := make(chan struct{})
 		go func() { srv.GracefulStop(); close(done) }()
@@ -75,7 +78,28 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 	return nil
 }
 
+// watchIdle runs OnIdle when a busy spell has been followed by IdleAfter
+// without calls.
+func (d *Driver) watchIdle(ctx context.Context) {
+	t := time.NewTimer(d.cfg.IdleAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.activity:
+			t.Reset(d.cfg.IdleAfter)
+		case <-t.C:
+			d.cfg.OnIdle()
+		}
+	}
+}
+
 func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	select {
+	case d.activity <- struct{}{}:
+	default:
+	}
 	start := time.Now()
 	resp, err := h(ctx, req)
 	method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
