@@ -60,19 +60,26 @@ func (d *Driver) lockVolume(ctx context.Context, id string) (func(), error) {
 // unmount, or with this process if it dies before mounting.
 func (d *Driver) device(v *state.Volume) (*os.File, error) {
 	file := d.volumeFile(v.ID)
-	devs, err := loop.Find(file)
-	if err != nil {
-		return nil, err
-	}
-	for _, dev := range devs {
-		if dev.ReadOnly {
-			continue
+	candidates := []string{v.Loop} // the recorded device spares a scan
+	if v.Loop == "" || !loop.Backing(v.Loop, file) {
+		devs, err := loop.Find(file)
+		if err != nil {
+			return nil, err
 		}
-		f, err := os.OpenFile(dev.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		candidates = candidates[:0]
+		for _, dev := range devs {
+			if !dev.ReadOnly {
+				candidates = append(candidates, dev.Path)
+			}
+		}
+	}
+	for _, dev := range candidates {
+		f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue // detached meanwhile
 		}
-		if b, err := os.ReadFile("/sys/block/" + strings.TrimPrefix(dev.Path, "/dev/") + "/loop/backing_file"); err == nil && strings.TrimSpace(string(b)) == file {
+		// Held open now: still ours means it stays ours.
+		if loop.Backing(dev, file) && !loop.ReadOnly(dev) {
 			return f, nil
 		}
 		f.Close()
@@ -83,6 +90,11 @@ func (d *Driver) device(v *state.Volume) (*os.File, error) {
 	}
 	if err := applyMutable(f.Name(), v.Mutable); err != nil {
 		d.log.Warn("applying volume parameters", "volume", v.ID, "err", err)
+	}
+	v.Loop = f.Name()
+	if err := d.store.PutVolumeVolatile(v); err != nil {
+		f.Close()
+		return nil, err
 	}
 	return f, nil
 }
@@ -344,15 +356,31 @@ func (d *Driver) unstage(v *state.Volume, dir string) error {
 // is only marked autoclear by the kernel, so this never pulls a device out
 // from under a mount.
 func (d *Driver) detachIdle(v *state.Volume) error {
-	devs, err := loop.Find(d.volumeFile(v.ID))
-	if err != nil {
-		return internal(err, "find loop devices")
+	file := d.volumeFile(v.ID)
+	var devs []string
+	if v.Loop != "" {
+		// The device a volume was staged with; an autoclear device
+		// (filesystem volumes) is usually gone with the unmount.
+		if loop.Backing(v.Loop, file) {
+			devs = append(devs, v.Loop)
+		}
+	} else {
+		found, err := loop.Find(file)
+		if err != nil {
+			return internal(err, "find loop devices")
+		}
+		for _, dev := range found {
+			if !dev.ReadOnly {
+				devs = append(devs, dev.Path)
+			}
+		}
 	}
 	for _, dev := range devs {
-		if err := loop.Detach(dev.Path); err != nil {
+		if err := loop.Detach(dev); err != nil {
 			return internal(err, "detach")
 		}
 	}
+	v.Loop = ""
 	return nil
 }
 
@@ -478,6 +506,9 @@ func (d *Driver) publish(v *state.Volume, t *state.Target, staging string, flags
 // read-only bind mount of a device node still lets writes through).
 func (d *Driver) blockDevice(v *state.Volume, t *state.Target) (string, error) {
 	file := d.volumeFile(v.ID)
+	if !t.ReadOnly && v.Loop != "" && loop.Backing(v.Loop, file) {
+		return v.Loop, nil
+	}
 	devs, err := loop.Find(file)
 	if err != nil {
 		return "", internal(err, "find loop devices")

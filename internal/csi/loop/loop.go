@@ -194,6 +194,19 @@ func List() ([]Device, error) {
 	return out, nil
 }
 
+// Backing reports whether dev is attached to file (which still exists).
+// One sysfs read: the cheap check of a device recorded earlier.
+func Backing(dev, file string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return err == nil && strings.TrimSuffix(string(b), "\n") == file
+}
+
+// ReadOnly reports whether dev is a read-only device.
+func ReadOnly(dev string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "ro"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
 // Find returns the devices attached to file (by its absolute path).
 func Find(file string) ([]Device, error) {
 	all, err := List()

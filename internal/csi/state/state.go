@@ -53,6 +53,9 @@ type Volume struct {
 	PublishedNodes []string `json:"publishedNodes,omitempty"`
 	// PublishedReadOnly is the readonly flag of that ControllerPublish.
 	PublishedReadOnly bool `json:"publishedReadOnly,omitempty"`
+	// Loop is the read-write loop device last attached for the volume; a
+	// hint checked against the device's backing file before use.
+	Loop string `json:"loop,omitempty"`
 	// Staging is the NodeStageVolume path, set before the mount is made.
 	Staging string `json:"staging,omitempty"`
 	// Targets are the NodePublishVolume paths, set before each mount.
