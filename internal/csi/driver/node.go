@@ -58,10 +58,12 @@ func (d *Driver) lockVolume(ctx context.Context, id string) (func(), error) {
 // attached (after a restart, found by its backing file), or a new one.
 // Filesystem volumes use autoclear, so the device goes with the last
 // unmount, or with this process if it dies before mounting.
-func (d *Driver) device(v *state.Volume) (*os.File, error) {
+func (d *Driver) device(v *state.Volume, fresh bool) (*os.File, error) {
 	file := d.volumeFile(v.ID)
 	candidates := []string{v.Loop} // the recorded device spares a scan
-	if v.Loop == "" || !loop.Backing(v.Loop, file) {
+	if fresh && v.Loop == "" {
+		candidates = nil // nothing to find: spare the scan too
+	} else if v.Loop == "" || !loop.Backing(v.Loop, file) {
 		devs, err := loop.Find(file)
 		if err != nil {
 			return nil, err
@@ -136,7 +138,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 			return nil, internal(err, "record volume")
 		}
 	}
-	if err := d.stage(ctx, v, staging, req.GetVolumeCapability().GetMount().GetMountFlags()); err != nil {
+	if err := d.stage(ctx, v, staging, req.GetVolumeCapability().GetMount().GetMountFlags(), newly); err != nil {
 		// Undo the record of a stage that left nothing mounted, so a
 		// refused path does not pin the volume to it.
 		if ok, _ := mount.IsMountPoint(staging); newly && !ok {
@@ -152,13 +154,17 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 
 // stage attaches v and, for a filesystem volume, mounts it at dir. Every
 // step checks what is already there, so a retry after a crash finishes.
-func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags []string) error {
+//
+// fresh says v was neither staged nor published before this call, so no
+// loop device of it exists (unstage detaches them before clearing the
+// record, recover detaches those of unstaged volumes at start-up).
+func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags []string, fresh bool) error {
 	target, err := mount.OpenTarget(dir, true)
 	if err != nil {
 		return pathError("staging target path", err)
 	}
 	defer target.Close()
-	dev, err := d.device(v)
+	dev, err := d.device(v, fresh)
 	if err != nil {
 		return internal(err, "attach volume %s", v.ID)
 	}
@@ -168,7 +174,7 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 		return nil
 	}
 	mflags, data := mountOptions(flags)
-	fresh := false
+	justMounted := false
 	if ok, err := mount.IsMountPoint(dir); err != nil {
 		return internal(err, "check staging path")
 	} else if ok {
@@ -179,7 +185,7 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 		if err := mount.Mount(dev.Name(), target, v.FsType, mflags, data); err != nil {
 			return internal(err, "stage volume %s", v.ID)
 		}
-		fresh = true
+		justMounted = true
 		d.failpoint("stage-mounted")
 	}
 	// The image may have grown while unstaged (an offline expansion, or
@@ -187,7 +193,7 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 	// the kernel refuses to grow a mounted ext4, the mount we just made
 	// is not in use yet: grow it unmounted and mount it again.
 	err = d.growFS(ctx, v, dev.Name(), dir)
-	if errors.Is(err, mount.ErrOnlineResizeDenied) && fresh {
+	if errors.Is(err, mount.ErrOnlineResizeDenied) && justMounted {
 		if err := mount.Unmount(dir); err != nil {
 			return internal(err, "unmount for offline growth")
 		}
@@ -658,9 +664,11 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 		return nil, err
 	}
 	target := req.GetTargetPath()
-	if t, ok := v.Target(target); ok && t.ReadOnly != ro {
+	t, had := v.Target(target)
+	if had && t.ReadOnly != ro {
 		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is published with readonly=%v", handle, t.ReadOnly)
 	}
+	fresh := len(v.Targets) == 0
 	v.SetTarget(state.Target{Path: target, ReadOnly: ro})
 	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return nil, internal(err, "record volume")
@@ -668,7 +676,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	if ro {
 		flags = append(flags, "ro")
 	}
-	if err := d.stage(ctx, v, target, flags); err != nil {
+	if err := d.stage(ctx, v, target, flags, fresh); err != nil {
 		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
