@@ -228,3 +228,48 @@ func TestConcurrentCreateVolume(t *testing.T) {
 	}
 	csitest.AssertClean(t, d.Dir)
 }
+
+// A reboot (simulated: driver killed, every mount under the test's
+// directory undone, every loop device detached) leaves records of staging
+// and publishing that nothing backs any more. The restarted driver drops
+// them: the volume can be deleted, or staged again, and an inline volume
+// whose pod is gone is removed.
+func TestRestartAfterReboot(t *testing.T) {
+	d := csitest.Start(t)
+	c, bc := mountCap("ext4", rw), blockCap(rw)
+	gone := createVolume(t, d, "reboot-delete", 32*mib, c)
+	again := createVolume(t, d, "reboot-restage", 32*mib, c)
+	blk := createVolume(t, d, "reboot-block", 32*mib, bc)
+	stagePublish(t, d, gone, c, false)
+	s2, t2 := stagePublish(t, d, again, c, false)
+	stagePublish(t, d, blk, bc, false)
+	inline := d.Path("inline")
+	if _, err := d.Node.NodePublishVolume(ctx(t), &csi.NodePublishVolumeRequest{
+		VolumeId: "csi-inline-reboot", TargetPath: inline, VolumeCapability: mountCap("", rw),
+		VolumeContext: map[string]string{"csi.storage.k8s.io/ephemeral": "true", "size": "16Mi"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d.Kill()
+	csitest.CleanupDir(t, mustReal(t, d.Dir+"/paths"))
+	csitest.CleanupDir(t, mustReal(t, d.Root))
+	d.Restart()
+
+	deleteVolume(t, d, gone.GetVolumeId())
+	deleteVolume(t, d, blk.GetVolumeId())
+	list, err := d.Controller.ListVolumes(ctx(t), &csi.ListVolumesRequest{})
+	if err != nil || len(list.GetEntries()) != 1 || list.GetEntries()[0].GetVolume().GetVolumeId() != again.GetVolumeId() {
+		t.Errorf("after reboot: %v %v, want only %s (the inline volume gone with its pod)", list, err, again.GetVolumeId())
+	}
+	// kubelet stages and publishes the surviving pod's volume again.
+	s3, t3 := stagePublish(t, d, again, c, false)
+	if s3 != s2 || t3 != t2 {
+		t.Fatal("paths differ")
+	}
+	if err := os.WriteFile(filepath.Join(t3, "f"), []byte("x"), 0o644); err != nil {
+		t.Error(err)
+	}
+	unpublishUnstage(t, d, again, s3, t3)
+	deleteVolume(t, d, again.GetVolumeId())
+	csitest.AssertClean(t, d.Dir)
+}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/tripod-dev/tripod/internal/csi/loop"
+	"github.com/tripod-dev/tripod/internal/csi/mount"
 	"github.com/tripod-dev/tripod/internal/csi/state"
 )
 
@@ -20,7 +22,9 @@ import (
 //   - an inline volume with no target left is deleted;
 //   - loop devices on this root's images that nothing stages or publishes
 //     any more (a crash between attach and record) are detached;
-//   - image files without a record are removed.
+//   - image files without a record are removed;
+//   - staging and target records whose mount (or block device) no longer
+//     exists, as after a reboot, are dropped (see reconcileNode).
 func (d *Driver) recover(ctx context.Context) error {
 	vols, err := d.store.Volumes()
 	if err != nil {
@@ -30,6 +34,11 @@ func (d *Driver) recover(ctx context.Context) error {
 	for _, v := range vols {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if v.Phase == state.Ready {
+			if err := d.reconcileNode(v); err != nil {
+				return err
+			}
 		}
 		switch {
 		case v.Phase == state.Creating:
@@ -79,6 +88,40 @@ func (d *Driver) recover(ctx context.Context) error {
 	removeOrphans(filepath.Join(d.cfg.Root, "volumes"), func(id string) bool { return live[id] != nil })
 	removeOrphans(filepath.Join(d.cfg.Root, "snapshots"), func(id string) bool { return liveSnaps[id] })
 	return nil
+}
+
+// reconcileNode drops v's records of staging and targets that reality no
+// longer backs: after a reboot nothing is mounted or attached, and a
+// volume recorded as staged could otherwise never be deleted if its pod is
+// gone. A record whose mount exists, or a staged block volume whose device
+// is attached, stays: a crash mid-NodeStage keeps what the retry needs.
+func (d *Driver) reconcileNode(v *state.Volume) error {
+	changed := false
+	for _, t := range slices.Clone(v.Targets) {
+		if ok, err := mount.IsMountPoint(t.Path); err == nil && !ok {
+			v.DropTarget(t.Path)
+			changed = true
+		}
+	}
+	if v.Staging != "" {
+		file := d.volumeFile(v.ID)
+		held := false
+		if v.Access == state.AccessMount {
+			ok, err := mount.IsMountPoint(v.Staging)
+			held = err != nil || ok
+		} else if devs, err := loop.Find(file); err != nil || len(devs) > 0 {
+			held = true
+		}
+		if !held && len(v.Targets) == 0 {
+			v.Staging, v.Loop = "", ""
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	d.log.Info("recover: dropped stale node records", "id", v.ID, "staging", v.Staging, "targets", len(v.Targets))
+	return d.store.PutVolumeVolatile(v)
 }
 
 func (d *Driver) recoverLoops(live map[string]*state.Volume) error {
