@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,42 +55,44 @@ func HasSysResource() bool {
 	return false
 }
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
-
-// Binary returns the driver binary: $TRIPOD_CSI_BIN (make test sets it to
-// bin/tripod-csi), else one built once for this test process.
+// Binary returns the driver binary named by $TRIPOD_CSI_BIN (make test sets
+// it to bin/tripod-csi; a package's TestMain sets it through Build when it
+// is unset).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("TRIPOD_CSI_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("TRIPOD_CSI_BIN: %v", err)
-		}
-		return p
+	p := os.Getenv("TRIPOD_CSI_BIN")
+	if p == "" {
+		t.Fatal("TRIPOD_CSI_BIN is not set (make test sets it; TestMain should call csitest.Build)")
 	}
-	buildOnce.Do(func() {
-		_, file, _, _ := runtime.Caller(0)
-		modRoot := filepath.Join(filepath.Dir(file), "..", "..", "..")
-		dir, err := os.MkdirTemp("", "tripod-csi-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "tripod-csi")
-		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/tripod-csi")
-		cmd.Dir = modRoot
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building tripod-csi: %v", buildErr)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("TRIPOD_CSI_BIN: %v", err)
 	}
-	return buildPath
+	return p
+}
+
+// Build makes the driver binary for a test process unless TRIPOD_CSI_BIN
+// already names one, and points TRIPOD_CSI_BIN at it. The returned func
+// removes what Build made.
+func Build() (cleanup func(), err error) {
+	if os.Getenv("TRIPOD_CSI_BIN") != "" {
+		return func() {}, nil
+	}
+	_, file, _, _ := runtime.Caller(0)
+	modRoot := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	dir, err := os.MkdirTemp("", "tripod-csi-bin-")
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(dir, "tripod-csi")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/tripod-csi")
+	cmd.Dir = modRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("go build ./cmd/tripod-csi: %v: %s", err, out)
+	}
+	os.Setenv("TRIPOD_CSI_BIN", bin)
+	return func() { os.RemoveAll(dir) }, nil
 }
 
 // Driver is one running tripod-csi process.
