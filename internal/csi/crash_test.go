@@ -66,6 +66,9 @@ func TestKillDuringNodeStage(t *testing.T) {
 		{"stage-attached", mountCap("ext4", rw)},
 		{"stage-mounted", mountCap("ext4", rw)},
 		{"stage-attached", blockCap(rw)},
+		// Killed between attaching a block volume's device (no
+		// autoclear) and recording it: recover must detach it.
+		{"stage-attach-unrecorded", blockCap(rw)},
 	} {
 		name := tc.point + "-" + map[bool]string{true: "block", false: "fs"}[tc.c.GetBlock() != nil]
 		t.Run(name, func(t *testing.T) {

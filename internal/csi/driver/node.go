@@ -93,11 +93,6 @@ func (d *Driver) device(v *state.Volume, fresh bool) (*os.File, error) {
 	if err := applyMutable(f.Name(), v.Mutable); err != nil {
 		d.log.Warn("applying volume parameters", "volume", v.ID, "err", err)
 	}
-	v.Loop = f.Name()
-	if err := d.store.PutVolumeVolatile(v); err != nil {
-		f.Close()
-		return nil, err
-	}
 	return f, nil
 }
 
@@ -132,13 +127,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s", v.ID, v.Staging)
 	}
 	newly := v.Staging == ""
-	if newly {
-		v.Staging = staging
-		if err := d.store.PutVolumeVolatile(v); err != nil {
-			return nil, internal(err, "record volume")
-		}
-	}
-	if err := d.stage(ctx, v, staging, req.GetVolumeCapability().GetMount().GetMountFlags(), newly); err != nil {
+	if err := d.stage(ctx, v, staging, true, req.GetVolumeCapability().GetMount().GetMountFlags(), newly); err != nil {
 		// Undo the record of a stage that left nothing mounted, so a
 		// refused path does not pin the volume to it.
 		if ok, _ := mount.IsMountPoint(staging); newly && !ok {
@@ -158,7 +147,13 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 // fresh says v was neither staged nor published before this call, so no
 // loop device of it exists (unstage detaches them before clearing the
 // record, recover detaches those of unstaged volumes at start-up).
-func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags []string, fresh bool) error {
+//
+// The staging path (when asStaging) and the loop device are recorded after
+// the attach and before the mount, in one write: a crash before the write
+// leaves a device that either autoclears (filesystem volumes) or belongs
+// to no staged volume, which recover detaches; a crash after it leaves a
+// record that a retry or recover acts on. A mount never exists unrecorded.
+func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, asStaging bool, flags []string, fresh bool) error {
 	target, err := mount.OpenTarget(dir, true)
 	if err != nil {
 		return pathError("staging target path", err)
@@ -169,6 +164,16 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, flags [
 		return internal(err, "attach volume %s", v.ID)
 	}
 	defer dev.Close()
+	d.failpoint("stage-attach-unrecorded")
+	if (asStaging && v.Staging != dir) || v.Loop != dev.Name() {
+		if asStaging {
+			v.Staging = dir
+		}
+		v.Loop = dev.Name()
+		if err := d.store.PutVolumeVolatile(v); err != nil {
+			return internal(err, "record volume")
+		}
+	}
 	d.failpoint("stage-attached")
 	if v.Access == state.AccessBlock {
 		return nil
@@ -676,7 +681,7 @@ func (d *Driver) publishEphemeral(ctx context.Context, req *csi.NodePublishVolum
 	if ro {
 		flags = append(flags, "ro")
 	}
-	if err := d.stage(ctx, v, target, flags, fresh); err != nil {
+	if err := d.stage(ctx, v, target, false, flags, fresh); err != nil {
 		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
