@@ -173,7 +173,7 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 		}
 		return v, nil
 	case err == nil && v.Phase == state.Deleting:
-		if err := d.finishDelete(v); err != nil {
+		if err := d.finishDelete(v, true); err != nil {
 			return nil, err
 		}
 	case err != nil && !errors.Is(err, state.ErrNotFound):
@@ -362,22 +362,33 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err := d.store.PutVolumeVolatile(v); err != nil {
 		return nil, internal(err, "record volume")
 	}
-	if err := d.finishDelete(v); err != nil {
+	if err := d.finishDelete(v, false); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-// finishDelete removes a volume marked Deleting: loop devices left over
-// from a crash, the image, then the record.
-func (d *Driver) finishDelete(v *state.Volume) error {
+// finishDelete removes a volume marked Deleting: loop devices left over,
+// the image, then the record. A volume that is neither staged nor
+// published has no loop device (unstage detaches them, recover detaches
+// leaked ones), so only its recorded device is checked unless scan asks
+// for a look at every loop device (after a crash).
+func (d *Driver) finishDelete(v *state.Volume, scan bool) error {
 	file := d.volumeFile(v.ID)
-	devs, err := loop.Find(file)
-	if err != nil {
-		return internal(err, "find loop devices")
+	var devs []string
+	if scan {
+		found, err := loop.Find(file)
+		if err != nil {
+			return internal(err, "find loop devices")
+		}
+		for _, dev := range found {
+			devs = append(devs, dev.Path)
+		}
+	} else if v.Loop != "" && loop.Backing(v.Loop, file) {
+		devs = append(devs, v.Loop)
 	}
 	for _, dev := range devs {
-		if err := loop.Detach(dev.Path); err != nil {
+		if err := loop.Detach(dev); err != nil {
 			return internal(err, "detach")
 		}
 	}

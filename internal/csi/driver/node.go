@@ -610,7 +610,7 @@ func (d *Driver) unpublish(v *state.Volume, target string) error {
 		if err := d.store.PutVolumeVolatile(v); err != nil {
 			return internal(err, "record volume")
 		}
-		return d.finishDelete(v)
+		return d.finishDelete(v, false)
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ func (d *Driver) recover(ctx context.Context) error {
 			d.log.Info("recover: dropped unfinished volume", "id", v.ID, "name", v.Name)
 		case v.Phase == state.Deleting, v.Ephemeral && len(v.Targets) == 0 && v.Staging == "":
 			v.Phase = state.Deleting
-			if err := d.finishDelete(v); err != nil {
+			if err := d.finishDelete(v, true); err != nil {
 				return fmt.Errorf("finish delete of %s: %w", v.ID, err)
 			}
 		default:
