@@ -1,18 +1,23 @@
 package csi_test
 
 import (
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	"github.com/tripod-dev/tripod/internal/csi/csitest"
 	"github.com/tripod-dev/tripod/internal/csi/loop"
+	"github.com/tripod-dev/tripod/internal/csi/mount"
 )
 
 // The driver is killed with SIGKILL inside CreateVolume (after recording
@@ -110,31 +115,46 @@ func TestKillDuringNodeStage(t *testing.T) {
 	}
 }
 
-// Killed after copying a snapshot but before recording it ready: the
-// partial snapshot is gone after restart and the retry succeeds.
+// Killed while a staged source is frozen for the copy, and after copying
+// but before recording the snapshot ready: after restart the filesystem is
+// thawed (left frozen, every write in the pod would block for good), the
+// partial snapshot is gone, and the retry succeeds.
 func TestKillDuringCreateSnapshot(t *testing.T) {
-	d := csitest.Start(t)
-	vol := createVolume(t, d, "snap-crash-src", 32*mib, mountCap("ext4", rw))
-	d.Stop()
-	d.Env = []string{"TRIPOD_CSI_FAILPOINT=snapshot-written"}
-	d.Restart()
-	req := &csi.CreateSnapshotRequest{Name: "snap-crash", SourceVolumeId: vol.GetVolumeId()}
-	_, err := d.Controller.CreateSnapshot(ctx(t), req)
-	wantCode(t, err, codes.Unavailable, "CreateSnapshot with the driver killed mid-way")
-	d.Exited()
-	d.Env = nil
-	d.Restart()
-	if imgs, _ := os.ReadDir(filepath.Join(d.Root, "snapshots")); len(imgs) != 0 {
-		t.Errorf("after restart: %d snapshot images left", len(imgs))
+	for _, point := range []string{"snapshot-frozen", "snapshot-written"} {
+		t.Run(point, func(t *testing.T) {
+			d := csitest.Start(t)
+			c := mountCap("ext4", rw)
+			vol := createVolume(t, d, "snap-crash-src", 32*mib, c)
+			staging, target := stagePublish(t, d, vol, c, false)
+			d.Stop()
+			d.Env = []string{"TRIPOD_CSI_FAILPOINT=" + point}
+			d.Restart()
+			req := &csi.CreateSnapshotRequest{Name: "snap-crash", SourceVolumeId: vol.GetVolumeId()}
+			_, err := d.Controller.CreateSnapshot(ctx(t), req)
+			wantCode(t, err, codes.Unavailable, "CreateSnapshot with the driver killed mid-way")
+			d.Exited()
+			d.Env = nil
+			d.Restart()
+			if err := mount.Thaw(staging); !errors.Is(err, unix.EINVAL) {
+				t.Errorf("filesystem still frozen after restart (thaw: %v)", err)
+			}
+			if err := os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644); err != nil {
+				t.Errorf("write after restart: %v", err)
+			}
+			if imgs, _ := os.ReadDir(filepath.Join(d.Root, "snapshots")); len(imgs) != 0 {
+				t.Errorf("after restart: %d snapshot images left", len(imgs))
+			}
+			if _, err := d.Controller.CreateSnapshot(ctx(t), req); err != nil {
+				t.Fatalf("retried CreateSnapshot: %v", err)
+			}
+			list, err := d.Controller.ListSnapshots(ctx(t), &csi.ListSnapshotsRequest{})
+			if err != nil || len(list.GetEntries()) != 1 {
+				t.Errorf("ListSnapshots: %v %v, want one", list, err)
+			}
+			unpublishUnstage(t, d, vol, staging, target)
+			csitest.AssertClean(t, d.Dir)
+		})
 	}
-	if _, err := d.Controller.CreateSnapshot(ctx(t), req); err != nil {
-		t.Fatalf("retried CreateSnapshot: %v", err)
-	}
-	list, err := d.Controller.ListSnapshots(ctx(t), &csi.ListSnapshotsRequest{})
-	if err != nil || len(list.GetEntries()) != 1 {
-		t.Errorf("ListSnapshots: %v %v, want one", list, err)
-	}
-	csitest.AssertClean(t, d.Dir)
 }
 
 // A restart while volumes are staged and published keeps them: the same
@@ -274,5 +294,88 @@ func TestRestartAfterReboot(t *testing.T) {
 	}
 	unpublishUnstage(t, d, again, s3, t3)
 	deleteVolume(t, d, again.GetVolumeId())
+	csitest.AssertClean(t, d.Dir)
+}
+
+// Volumes go through their whole life (create, stage, publish, write,
+// snapshot, unpublish, unstage, delete) on several goroutines while the
+// driver is killed with SIGKILL at a random moment, several times over.
+// After each restart every volume's life is completed by retrying the
+// calls, and in the end no volume, snapshot, image, mount or loop device
+// is left.
+func TestKillAtRandomPoints(t *testing.T) {
+	d := csitest.Start(t)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	c := mountCap("ext4", rw)
+	const vols = 4
+	if err := os.MkdirAll(d.Path("t"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	life := func(i, round int) error {
+		name := fmt.Sprintf("rand-%d-%d", round, i)
+		resp, err := d.Controller.CreateVolume(ctx(t), &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 16 * mib}, VolumeCapabilities: []*csi.VolumeCapability{c}})
+		if err != nil {
+			return err
+		}
+		id := resp.GetVolume().GetVolumeId()
+		staging, target := d.Path("s", name), d.Path("t", name)
+		os.MkdirAll(staging, 0o755)
+		if _, err := d.Node.NodeStageVolume(ctx(t), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+			return err
+		}
+		if _, err := d.Node.NodePublishVolume(ctx(t), &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c}); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(target, "f"), []byte(name), 0o644); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		snap, err := d.Controller.CreateSnapshot(ctx(t), &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: id})
+		if err != nil {
+			return err
+		}
+		if _, err := d.Controller.DeleteSnapshot(ctx(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}); err != nil {
+			return err
+		}
+		if _, err := d.Node.NodeUnpublishVolume(ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			return err
+		}
+		if _, err := d.Node.NodeUnstageVolume(ctx(t), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			return err
+		}
+		_, err = d.Controller.DeleteVolume(ctx(t), &csi.DeleteVolumeRequest{VolumeId: id})
+		return err
+	}
+	for round := range 4 {
+		var wg sync.WaitGroup
+		for i := range vols {
+			wg.Go(func() { life(i, round) })
+		}
+		time.Sleep(time.Duration(rng.IntN(250)) * time.Millisecond)
+		d.Kill()
+		wg.Wait()
+		d.Restart()
+		// The CO retries every interrupted life from the start: each
+		// call is idempotent, so the repeated ones are no-ops.
+		for i := range vols {
+			if err := life(i, round); err != nil {
+				t.Fatalf("round %d volume %d: completing after restart: %v\n%s", round, i, err, d.Log())
+			}
+		}
+	}
+	list, err := d.Controller.ListVolumes(ctx(t), &csi.ListVolumesRequest{})
+	if err != nil || len(list.GetEntries()) != 0 {
+		t.Errorf("volumes left: %v %v", list, err)
+	}
+	snaps, err := d.Controller.ListSnapshots(ctx(t), &csi.ListSnapshotsRequest{})
+	if err != nil || len(snaps.GetEntries()) != 0 {
+		t.Errorf("snapshots left: %v %v", snaps, err)
+	}
+	for _, dir := range []string{"volumes", "snapshots"} {
+		if imgs, _ := os.ReadDir(filepath.Join(d.Root, dir)); len(imgs) != 0 {
+			t.Errorf("%d files left in %s", len(imgs), dir)
+		}
+	}
 	csitest.AssertClean(t, d.Dir)
 }

@@ -54,6 +54,7 @@ func (d *Driver) recover(ctx context.Context) error {
 			}
 		default:
 			live[v.ID] = v
+			d.thaw(v)
 		}
 	}
 	groups, err := d.store.Groups()
@@ -122,6 +123,22 @@ func (d *Driver) reconcileNode(v *state.Volume) error {
 	}
 	d.log.Info("recover: dropped stale node records", "id", v.ID, "staging", v.Staging, "targets", len(v.Targets))
 	return d.store.PutVolumeVolatile(v)
+}
+
+// thaw unfreezes v's staged filesystem in case the driver died while it
+// was frozen for a snapshot: left frozen, every write in the pod would
+// block for good. Thawing a filesystem that is not frozen is refused
+// (EINVAL) and harmless.
+func (d *Driver) thaw(v *state.Volume) {
+	if v.Access != state.AccessMount || v.Staging == "" {
+		return
+	}
+	if ok, err := mount.IsMountPoint(v.Staging); err != nil || !ok {
+		return
+	}
+	if err := mount.Thaw(v.Staging); err == nil {
+		d.log.Info("recover: thawed a filesystem left frozen by a snapshot", "id", v.ID, "staging", v.Staging)
+	}
 }
 
 func (d *Driver) recoverLoops(live map[string]*state.Volume) error {

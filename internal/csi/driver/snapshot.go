@@ -145,6 +145,7 @@ func (d *Driver) copyVolume(ctx context.Context, v *state.Volume, dst string, si
 			return err
 		}
 		defer thaw()
+		d.failpoint("snapshot-frozen")
 	}
 	if v.Access == state.AccessBlock {
 		devs, err := loop.Find(d.volumeFile(v.ID))

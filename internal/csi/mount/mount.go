@@ -228,6 +228,20 @@ func GrowOffline(ctx context.Context, dev, fstype string) error {
 	return fmt.Errorf("offline growth of %q not supported", fstype)
 }
 
+// Thaw unfreezes the filesystem mounted at dir. It fails with EINVAL when
+// the filesystem is not frozen.
+func Thaw(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), fiThaw, 0); err != nil {
+		return fmt.Errorf("thaw %s: %w", dir, err)
+	}
+	return nil
+}
+
 // FIFREEZE and FITHAW (_IOWR('X', 119/120, int)); x/sys does not name them.
 const (
 	fiFreeze = 0xc0045877
