@@ -379,3 +379,40 @@ func TestKillAtRandomPoints(t *testing.T) {
 	}
 	csitest.AssertClean(t, d.Dir)
 }
+
+// Killed after recording a larger size but before growing the image: the
+// restarted driver completes the growth (the volume is healthy again) and
+// the retried expansion, controller and node, succeeds.
+func TestKillDuringExpand(t *testing.T) {
+	d := csitest.Start(t)
+	c := mountCap("xfs", rw)
+	vol := createVolume(t, d, "expand-crash", 320*mib, c)
+	staging, target := stagePublish(t, d, vol, c, false)
+	before := statfsSize(t, target)
+	d.Stop()
+	d.Env = []string{"TRIPOD_CSI_FAILPOINT=expand-recorded"}
+	d.Restart()
+	req := &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(), CapacityRange: &csi.CapacityRange{RequiredBytes: 640 * mib}}
+	_, err := d.Controller.ControllerExpandVolume(ctx(t), req)
+	wantCode(t, err, codes.Unavailable, "ControllerExpandVolume with the driver killed mid-way")
+	d.Exited()
+	d.Env = nil
+	d.Restart()
+	h, err := d.Controller.ControllerGetVolumeHealth(ctx(t), &csi.ControllerGetVolumeHealthRequest{VolumeId: vol.GetVolumeId()})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+		t.Errorf("volume health after restart: %v %v, want healthy", h, err)
+	}
+	resp, err := d.Controller.ControllerExpandVolume(ctx(t), req)
+	if err != nil || resp.GetCapacityBytes() != 640*mib {
+		t.Fatalf("retried ControllerExpandVolume: %v %v", resp, err)
+	}
+	if _, err := d.Node.NodeExpandVolume(ctx(t), &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if size := statfsSize(t, target); size < before+250*mib {
+		t.Errorf("filesystem is %d bytes after expansion from 320 to 640 MiB (was %d)", size, before)
+	}
+	unpublishUnstage(t, d, vol, staging, target)
+	deleteVolume(t, d, vol.GetVolumeId())
+	csitest.AssertClean(t, d.Dir)
+}

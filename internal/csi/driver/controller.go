@@ -608,6 +608,9 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 		if err := d.grow(v, size); err != nil {
 			return nil, err
 		}
+	} else if err := d.fillImage(v); err != nil {
+		// A repeat of an expansion the driver died in.
+		return nil, err
 	}
 	return &csi.ControllerExpandVolumeResponse{
 		CapacityBytes:         v.Capacity,
@@ -632,10 +635,26 @@ func (d *Driver) grow(v *state.Volume, size int64) error {
 	if err != nil {
 		return internal(err, "reserve")
 	}
-	if err := os.Truncate(d.volumeFile(v.ID), size); err != nil {
+	d.failpoint("expand-recorded")
+	return d.fillImage(v)
+}
+
+// fillImage brings v's image (and any loop device on it) up to the recorded
+// capacity. The capacity is recorded first, so after a crash mid-way the
+// image is short of it; a retried expansion, or recover, completes it.
+func (d *Driver) fillImage(v *state.Volume) error {
+	file := d.volumeFile(v.ID)
+	fi, err := os.Stat(file)
+	if err != nil {
+		return internal(err, "stat image")
+	}
+	if fi.Size() >= v.Capacity {
+		return nil
+	}
+	if err := os.Truncate(file, v.Capacity); err != nil {
 		return internal(err, "grow image")
 	}
-	devs, err := loop.Find(d.volumeFile(v.ID))
+	devs, err := loop.Find(file)
 	if err != nil {
 		return internal(err, "find loop devices")
 	}

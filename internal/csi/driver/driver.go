@@ -298,7 +298,8 @@ func internal(err error, format string, args ...any) error {
 // failpoint kills the process with SIGKILL when name is the configured
 // fail point, so tests can crash the driver between two exact steps.
 // Points: create-recorded, create-written, stage-attach-unrecorded,
-// stage-attached, stage-mounted, snapshot-frozen, snapshot-written.
+// stage-attached, stage-mounted, snapshot-frozen, snapshot-written,
+// expand-recorded.
 func (d *Driver) failpoint(name string) {
 	if d.cfg.FailPoint == name {
 		d.log.Warn("fail point reached: killing myself", "point", name)

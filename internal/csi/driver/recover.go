@@ -55,6 +55,9 @@ func (d *Driver) recover(ctx context.Context) error {
 		default:
 			live[v.ID] = v
 			d.thaw(v)
+			if err := d.fillImage(v); err != nil {
+				return fmt.Errorf("complete expansion of %s: %w", v.ID, err)
+			}
 		}
 	}
 	groups, err := d.store.Groups()
