@@ -298,7 +298,7 @@ func TestRestartAfterReboot(t *testing.T) {
 }
 
 // Volumes go through their whole life (create, stage, publish, write,
-// snapshot, unpublish, unstage, delete) on several goroutines while the
+// snapshot, expand, clone, unpublish, unstage, delete) on several goroutines while the
 // driver is killed with SIGKILL at a random moment, several times over.
 // After each restart every volume's life is completed by retrying the
 // calls, and in the end no volume, snapshot, image, mount or loop device
@@ -336,6 +336,16 @@ func TestKillAtRandomPoints(t *testing.T) {
 			return err
 		}
 		if _, err := d.Controller.DeleteSnapshot(ctx(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId()}); err != nil {
+			return err
+		}
+		if _, err := d.Controller.ControllerExpandVolume(ctx(t), &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 24 * mib}}); err != nil {
+			return err
+		}
+		clone, err := d.Controller.CreateVolume(ctx(t), &csi.CreateVolumeRequest{Name: name + "-clone", VolumeCapabilities: []*csi.VolumeCapability{c}, VolumeContentSource: fromVolume(id)})
+		if err != nil {
+			return err
+		}
+		if _, err := d.Controller.DeleteVolume(ctx(t), &csi.DeleteVolumeRequest{VolumeId: clone.GetVolume().GetVolumeId()}); err != nil {
 			return err
 		}
 		if _, err := d.Node.NodeUnpublishVolume(ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {

@@ -194,11 +194,16 @@ func (d *Driver) stage(ctx context.Context, v *state.Volume, dir string, asStagi
 		d.failpoint("stage-mounted")
 	}
 	// The image may have grown while unstaged (an offline expansion, or
-	// a clone into a larger volume): grow the filesystem to match. Where
-	// the kernel refuses to grow a mounted ext4, the mount we just made
-	// is not in use yet: grow it unmounted and mount it again.
+	// a clone into a larger volume): grow the filesystem of a mount made
+	// now to match. (A mount that was already there is in use: growing it
+	// is NodeExpandVolume's job, which the CO calls for it.) Where the
+	// kernel refuses to grow a mounted ext4, the mount just made is not in
+	// use yet: grow it unmounted and mount it again.
+	if !justMounted {
+		return nil
+	}
 	err = d.growFS(ctx, v, dev.Name(), dir)
-	if errors.Is(err, mount.ErrOnlineResizeDenied) && justMounted {
+	if errors.Is(err, mount.ErrOnlineResizeDenied) {
 		if err := mount.Unmount(dir); err != nil {
 			return internal(err, "unmount for offline growth")
 		}
