@@ -308,12 +308,17 @@ func TestKillAtRandomPoints(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
-	c := mountCap("ext4", rw)
 	const vols = 4
 	if err := os.MkdirAll(d.Path("t"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Even volumes are ext4, odd ones block devices that are also
+	// published read-only (a loop device of its own) for a while.
 	life := func(i, round int) error {
+		c, block := mountCap("ext4", rw), i%2 == 1
+		if block {
+			c = blockCap(rw)
+		}
 		name := fmt.Sprintf("rand-%d-%d", round, i)
 		resp, err := d.Controller.CreateVolume(ctx(t), &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 16 * mib}, VolumeCapabilities: []*csi.VolumeCapability{c}})
 		if err != nil {
@@ -328,7 +333,24 @@ func TestKillAtRandomPoints(t *testing.T) {
 		if _, err := d.Node.NodePublishVolume(ctx(t), &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c}); err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(target, "f"), []byte(name), 0o644); err != nil {
+		if block {
+			ro := target + "-ro"
+			if _, err := d.Node.NodePublishVolume(ctx(t), &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: ro, VolumeCapability: c, Readonly: true}); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(target, os.O_WRONLY, 0)
+			if err != nil {
+				return fmt.Errorf("open device: %w", err)
+			}
+			_, err = f.WriteAt([]byte(name), 4096)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("write device: %w", err)
+			}
+			if _, err := d.Node.NodeUnpublishVolume(ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: ro}); err != nil {
+				return err
+			}
+		} else if err := os.WriteFile(filepath.Join(target, "f"), []byte(name), 0o644); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		snap, err := d.Controller.CreateSnapshot(ctx(t), &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: id})
