@@ -416,6 +416,7 @@ func TestKillAtRandomPoints(t *testing.T) {
 // restarted driver completes the growth (the volume is healthy again) and
 // the retried expansion, controller and node, succeeds.
 func TestKillDuringExpand(t *testing.T) {
+	csitest.NeedFS(t, "xfs")
 	d := csitest.Start(t)
 	c := mountCap("xfs", rw)
 	vol := createVolume(t, d, "expand-crash", 320*mib, c)

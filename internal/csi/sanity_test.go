@@ -35,6 +35,9 @@ func TestSanity(t *testing.T) {
 		{"block", nil, "block", 64 * mib},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.access == "mount" {
+				csitest.NeedFS(t, tc.name)
+			}
 			d := csitest.Start(t, append(tc.flags, "--max-volumes", "8")...)
 			mut := filepath.Join(d.Dir, "mutable.yaml")
 			if err := os.WriteFile(mut, []byte("directIO: \"true\"\nreadAheadKiB: \"256\"\n"), 0o644); err != nil {

@@ -20,6 +20,7 @@ import (
 func TestSizeEnforced(t *testing.T) {
 	for _, fs := range []string{"ext4", "xfs"} {
 		t.Run(fs, func(t *testing.T) {
+			csitest.NeedFS(t, fs)
 			d := csitest.Start(t)
 			size := 32 * mib
 			if fs == "xfs" {
@@ -188,6 +189,7 @@ func TestOnlineExpansion(t *testing.T) {
 	}
 	for _, fs := range fss {
 		t.Run(fs, func(t *testing.T) {
+			csitest.NeedFS(t, fs)
 			d := csitest.Start(t)
 			c := mountCap(fs, rw)
 			vol := createVolume(t, d, "grow-"+fs, 320*mib, c)

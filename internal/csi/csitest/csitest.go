@@ -38,6 +38,20 @@ func NeedRoot(t testing.TB) {
 	}
 }
 
+// HasFS reports whether fs's mkfs is installed.
+func HasFS(fs string) bool {
+	_, err := exec.LookPath("mkfs." + fs)
+	return err == nil
+}
+
+// NeedFS skips a test whose filesystem's tools are not installed.
+func NeedFS(t testing.TB, fs string) {
+	t.Helper()
+	if !HasFS(fs) {
+		t.Skipf("skipping: mkfs.%s not installed (make deps installs e2fsprogs and xfsprogs)", fs)
+	}
+}
+
 // HasSysResource reports whether this process may grow a mounted ext4
 // (the kernel's resize ioctl needs CAP_SYS_RESOURCE).
 func HasSysResource() bool {
