@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -120,23 +122,49 @@ type Group struct {
 // ErrNotFound is returned for a missing record.
 var ErrNotFound = errors.New("not found")
 
-// Store keeps records under one directory.
-type Store struct{ dir string }
+// Store keeps records under one directory. The files are the truth; a
+// copy of each record's bytes is kept in memory, read once at Open and
+// updated by every write, so lookups and listings touch no file. Only this
+// process writes the directory.
+type Store struct {
+	dir   string
+	mu    sync.RWMutex
+	cache map[string]map[string][]byte // kind → id → the record as on disk
+}
 
 // Open creates (if needed) and opens the store at dir.
 func Open(dir string) (*Store, error) {
-	for _, sub := range []string{"volumes", "snapshots", "groups"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+	s := &Store{dir: dir, cache: map[string]map[string][]byte{}}
+	for _, kind := range []string{"volumes", "snapshots", "groups"} {
+		sub := filepath.Join(dir, kind)
+		if err := os.MkdirAll(sub, 0o700); err != nil {
 			return nil, fmt.Errorf("create state dir: %w", err)
 		}
-		// Temporary files of writes a crash interrupted; only at open,
-		// when no write of this process can be in flight.
-		tmps, _ := filepath.Glob(filepath.Join(dir, sub, ".tmp-*"))
-		for _, p := range tmps {
-			os.Remove(p)
+		entries, err := os.ReadDir(sub)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", kind, err)
+		}
+		s.cache[kind] = map[string][]byte{}
+		for _, e := range entries {
+			n := e.Name()
+			if strings.HasPrefix(n, ".tmp-") {
+				// A write a crash interrupted; only at open, when no
+				// write of this process can be in flight.
+				os.Remove(filepath.Join(sub, n))
+				continue
+			}
+			id, ok := strings.CutSuffix(n, ".json")
+			if !ok {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(sub, n))
+			if err != nil {
+				return nil, fmt.Errorf("read %s %s: %w", kind, id, err)
+			}
+			s.cache[kind][id] = b
 		}
 	}
-	return &Store{dir: dir}, nil
+	return s, nil
 }
 
 // Check verifies the store's directory is usable (for Probe).
@@ -182,6 +210,9 @@ func (s *Store) put(kind, id string, v any, durable bool) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s %s: %w", kind, id, err)
 	}
+	s.mu.Lock()
+	s.cache[kind][id] = b
+	s.mu.Unlock()
 	if !durable {
 		return nil
 	}
@@ -201,12 +232,11 @@ func syncDir(dir string) error {
 }
 
 func (s *Store) get(kind, id string, v any) error {
-	b, err := os.ReadFile(s.path(kind, id))
-	if errors.Is(err, os.ErrNotExist) {
+	s.mu.RLock()
+	b, ok := s.cache[kind][id]
+	s.mu.RUnlock()
+	if !ok {
 		return fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("read %s %s: %w", kind, id, err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("decode %s %s: %w", kind, id, err)
@@ -218,23 +248,17 @@ func (s *Store) del(kind, id string) error {
 	if err := os.Remove(s.path(kind, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s %s: %w", kind, id, err)
 	}
+	s.mu.Lock()
+	delete(s.cache[kind], id)
+	s.mu.Unlock()
 	return syncDir(filepath.Join(s.dir, kind))
 }
 
 // ids lists record IDs of kind in sorted order.
 func (s *Store) ids(kind string) ([]string, error) {
-	dir := filepath.Join(s.dir, kind)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", kind, err)
-	}
-	var out []string
-	for _, e := range entries {
-		n := e.Name()
-		if id, ok := strings.CutSuffix(n, ".json"); ok {
-			out = append(out, id)
-		}
-	}
+	s.mu.RLock()
+	out := slices.Collect(maps.Keys(s.cache[kind]))
+	s.mu.RUnlock()
 	slices.Sort(out)
 	return out, nil
 }
