@@ -76,7 +76,9 @@ func (d *Driver) device(v *state.Volume, fresh bool) (*os.File, error) {
 		}
 	}
 	for _, dev := range candidates {
-		f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		// Read-only: the fd only holds the device; a kernel that refuses
+		// write opens of mounted block devices must still let us find it.
+		f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue // detached meanwhile
 		}
