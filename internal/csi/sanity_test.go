@@ -59,7 +59,10 @@ func TestSanity(t *testing.T) {
 				"-ginkgo.no-color",
 				"-ginkgo.junit-report", junit,
 			}
+			// Every spec csi-sanity v5.6.0 does not mark pending.
+			want := 102
 			if tc.name == "ext4" && !csitest.HasSysResource() {
+				want--
 				// The kernel's online ext4 resize needs CAP_SYS_RESOURCE;
 				// without it the driver grows ext4 at the next stage
 				// instead (TestExpandExt4Offline), not while mounted.
@@ -78,8 +81,8 @@ func TestSanity(t *testing.T) {
 			if runErr != nil || failed != 0 {
 				t.Errorf("csi-sanity failed (%v):\n%s\ndriver log:\n%s", runErr, tail(out.String(), 200), tail(d.Log(), 50))
 			}
-			if passed < 100 {
-				t.Errorf("only %d specs passed, want every spec that is not pending", passed)
+			if passed < want {
+				t.Errorf("%d specs passed, want %d: every spec that is not pending and not deliberately skipped", passed, want)
 			}
 			csitest.AssertClean(t, d.Dir)
 		})
