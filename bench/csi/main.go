@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tripod-dev/tripod/internal/csi/loop"
+	"github.com/tripod-dev/tripod/internal/csi/mount"
 )
 
 const mib = int64(1) << 20
@@ -41,8 +42,9 @@ func main() {
 	snaps := flag.Int("snapshots", 10, "CreateSnapshot repetitions")
 	fs := flag.String("fstype", "ext4", "filesystem of the volumes")
 	logLevel := flag.String("log-level", "warn", "the driver's log level (debug logs every call's duration)")
+	xfsRoot := flag.Bool("xfs-root", false, "put the driver's root on an xfs filesystem (of its own, on a loop device), where snapshots are reflinks")
 	flag.Parse()
-	if err := run(*n, *snaps, *fs, *logLevel); err != nil {
+	if err := run(*n, *snaps, *fs, *logLevel, *xfsRoot); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-csi:", err)
 		os.Exit(1)
 	}
@@ -95,15 +97,17 @@ func (d *driver) rss() (int64, error) {
 }
 
 // stop ends the driver (our child, by PID) and undoes anything left under
-// dir: mounts first, then loop devices backed by files under it.
+// dir: volume mounts, then loop devices backed by files under it, then
+// the xfs root (whose own device autoclears).
 func (d *driver) stop() {
 	d.conn.Close()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	d.cmd.Wait()
+	root := filepath.Join(d.dir, "root")
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	var mps []string
 	for line := range strings.SplitSeq(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], d.dir+"/") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], d.dir+"/") && f[4] != root {
 			mps = append(mps, f[4])
 		}
 	}
@@ -113,11 +117,40 @@ func (d *driver) stop() {
 	}
 	if devs, err := loop.List(); err == nil {
 		for _, l := range devs {
-			if strings.HasPrefix(l.Backing, d.dir+"/") {
+			if strings.HasPrefix(l.Backing, d.dir+"/") && l.Backing != filepath.Join(d.dir, "root.img") {
 				loop.Detach(l.Path)
 			}
 		}
 	}
+	unix.Unmount(root, 0)
+}
+
+// mountXFSRoot makes dir/root an xfs filesystem on a sparse image.
+func mountXFSRoot(dir string) error {
+	img := filepath.Join(dir, "root.img")
+	f, err := os.Create(img)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(8 << 30)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := mount.Format(context.Background(), img, "xfs"); err != nil {
+		return err
+	}
+	dev, err := loop.Attach(img, loop.Options{Autoclear: true})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	target, err := mount.OpenTarget(filepath.Join(dir, "root"), true)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return mount.Mount(dev.Name(), target, "xfs", 0, "")
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
@@ -138,7 +171,7 @@ func timed(f func() error) (time.Duration, error) {
 	return time.Since(t), err
 }
 
-func run(n, snaps int, fstype, logLevel string) error {
+func run(n, snaps int, fstype, logLevel string, xfsRoot bool) error {
 	bin := os.Getenv("TRIPOD_CSI_BIN")
 	if bin == "" {
 		bin = "bin/tripod-csi"
@@ -154,8 +187,17 @@ func run(n, snaps int, fstype, logLevel string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	rootFS := "ext4 (the host's)"
+	if xfsRoot {
+		if err := mountXFSRoot(tmp); err != nil {
+			unix.Unmount(filepath.Join(tmp, "root"), 0)
+			return fmt.Errorf("xfs root: %w", err)
+		}
+		rootFS = "xfs with reflink"
+	}
 	d, err := start(bin, tmp, logLevel)
 	if err != nil {
+		unix.Unmount(filepath.Join(tmp, "root"), 0)
 		return err
 	}
 	defer d.stop()
@@ -283,7 +325,7 @@ func run(n, snaps int, fstype, logLevel string) error {
 		return err
 	}
 
-	fmt.Printf("tripod-csi, %d %s volumes of %d MiB, %s\n\n", n, fstype, size/mib, time.Now().UTC().Format(time.RFC3339))
+	fmt.Printf("tripod-csi, %d %s volumes of %d MiB, root on %s, %s\n\n", n, fstype, size/mib, rootFS, time.Now().UTC().Format(time.RFC3339))
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "call\tp50 ms\tp99 ms\ttarget / reference hostpath p50\t")
 	fmt.Fprintf(w, "CreateVolume\t%s\t%s\thostpath 0.63 (no filesystem)\t\n", ms(pct(create, 50)), ms(pct(create, 99)))
