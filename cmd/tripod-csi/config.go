@@ -12,24 +12,18 @@ import (
 )
 
 // config is the [csi] table of tripod's config file
-// (/etc/tripod/tripod.toml); every field has a default.
+// (/etc/tripod/tripod.toml); every field has a default. The flag tag names
+// the command-line flag that overrides the field.
 type config struct {
-	Endpoint        string `toml:"endpoint"`
-	NodeID          string `toml:"node_id"`
-	Root            string `toml:"root"`
-	Name            string `toml:"name"`
-	Capacity        string `toml:"capacity"`
-	MaxVolumes      int64  `toml:"max_volumes"`
-	DefaultFsType   string `toml:"default_fstype"`
-	RegistrationDir string `toml:"registration_dir"`
-	LogLevel        string `toml:"log_level"`
-}
-
-// flagNames maps config fields to the flags that override them.
-var flagNames = map[string]string{
-	"Endpoint": "endpoint", "NodeID": "node-id", "Root": "root", "Name": "name",
-	"Capacity": "capacity", "MaxVolumes": "max-volumes", "DefaultFsType": "default-fstype",
-	"RegistrationDir": "registration-dir", "LogLevel": "log-level",
+	Endpoint        string `toml:"endpoint" flag:"endpoint"`
+	NodeID          string `toml:"node_id" flag:"node-id"`
+	Root            string `toml:"root" flag:"root"`
+	Name            string `toml:"name" flag:"name"`
+	Capacity        string `toml:"capacity" flag:"capacity"`
+	MaxVolumes      int64  `toml:"max_volumes" flag:"max-volumes"`
+	DefaultFsType   string `toml:"default_fstype" flag:"default-fstype"`
+	RegistrationDir string `toml:"registration_dir" flag:"registration-dir"`
+	LogLevel        string `toml:"log_level" flag:"log-level"`
 }
 
 func defaultConfig() config {
@@ -49,7 +43,7 @@ func merge(file, flags config, set map[string]bool) config {
 	out := file
 	fv, ov := reflect.ValueOf(flags), reflect.ValueOf(&out).Elem()
 	for i := range fv.NumField() {
-		if set[flagNames[fv.Type().Field(i).Name]] {
+		if set[fv.Type().Field(i).Tag.Get("flag")] {
 			ov.Field(i).Set(fv.Field(i))
 		}
 	}
