@@ -14,16 +14,20 @@ export PATH := $(TOOLS):$(PATH)
 # DHCP server the dhcp plugin is tested against), QEMU with Debian's kernel
 # and busybox (macvlan/ipvlan/vlan, which this host's kernel lacks).
 APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod
+# tripod-csi formats and grows volumes with these (mkfs.ext4/resize2fs,
+# mkfs.xfs/xfs_growfs).
+APT_PACKAGES += e2fsprogs xfsprogs util-linux
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
 CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
+CSI_SANITY := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi up install-cni clean
 
 all: build
 
@@ -33,6 +37,7 @@ build:
 	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/tripod-dev/tripod/internal/daemon.Version=$(VERSION)' -o $(BIN)/tripodd ./cmd/tripodd
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/tripod-csi ./cmd/tripod-csi
 
 deps: apt-deps go-tools
 
@@ -44,7 +49,7 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/csi-sanity
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
@@ -54,6 +59,8 @@ $(TOOLS)/cnitool:
 
 $(TOOLS)/crictl:
 	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
+$(TOOLS)/csi-sanity:
+	GOBIN=$(TOOLS) $(GO) install $(CSI_SANITY)
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
@@ -75,9 +82,9 @@ lint:
 test: deps build lint test-go
 
 test-go:
-	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
+	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni bench-images
+bench: bench-cni bench-images bench-csi
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
@@ -88,12 +95,19 @@ bench-images: deps build
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
 
-# The main job: install the CNI plugins into /opt/cni/bin and run tripodd
-# in the foreground on its embedded defaults (CRI socket
-# /run/tripod/tripod.sock; Ctrl-C stops it). tripod-csi and `tripod up`
-# (issue 7) join it as they land.
+# tripod-csi latencies (p50/p99 per call) and RSS, against the built binary.
+bench-csi: deps build
+	TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) run ./bench/csi
+
+# The main job: install the CNI plugins into /opt/cni/bin, then run
+# tripod-csi and tripodd on their embedded defaults until Ctrl-C (CRI
+# socket /run/tripod/tripod.sock, CSI socket
+# /var/lib/kubelet/plugins/csi.tripod.dev/csi.sock). `tripod up` (issue 7)
+# will take this over.
 up: deps build install-cni
-	exec $(BIN)/tripodd
+	@$(BIN)/tripod-csi --endpoint unix:///var/lib/kubelet/plugins/csi.tripod.dev/csi.sock --node-id "$$(hostname)" --root /var/lib/tripod/csi & csi=$$!; \
+	trap 'kill $$csi 2>/dev/null; wait $$csi' EXIT INT TERM; \
+	$(BIN)/tripodd
 
 install-cni: build
 	install -d /opt/cni/bin
