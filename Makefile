@@ -105,7 +105,7 @@ bench-csi: deps build
 # /var/lib/kubelet/plugins/csi.tripod.dev/csi.sock). `tripod up` (issue 7)
 # will take this over.
 up: deps build install-cni
-	@$(BIN)/tripod-csi --endpoint unix:///var/lib/kubelet/plugins/csi.tripod.dev/csi.sock --node-id "$$(hostname)" --root /var/lib/tripod/csi & csi=$$!; \
+	@$(BIN)/tripod-csi & csi=$$!; \
 	trap 'kill $$csi 2>/dev/null; wait $$csi' EXIT INT TERM; \
 	$(BIN)/tripodd
 
