@@ -33,6 +33,7 @@ build:
 	@for p in $$($(BIN)/tripod-cni list); do ln -sfn ../tripod-cni $(BIN)/cni/$$p; done
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/tripod-dev/tripod/internal/daemon.Version=$(VERSION)' -o $(BIN)/tripodd ./cmd/tripodd
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod-monitor ./cmd/tripod-monitor
 
 deps: apt-deps go-tools
 

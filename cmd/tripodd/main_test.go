@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/config"
 )
 
@@ -38,7 +39,14 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	code := m.Run()
+	// tripodd starts tripod-monitor from beside its own binary.
+	out, err = exec.Command("go", "build", "-o", filepath.Join(dir, "tripod-monitor"), "../tripod-monitor").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build tripod-monitor: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := cnitest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -17,11 +17,13 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/adminapi"
+	"github.com/tripod-dev/tripod/internal/cnirun"
 	"github.com/tripod-dev/tripod/internal/config"
 	"github.com/tripod-dev/tripod/internal/cri/server"
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/image/pull"
 	"github.com/tripod-dev/tripod/internal/metrics"
+	"github.com/tripod-dev/tripod/internal/pod"
 )
 
 // Version is set at build time.
@@ -32,6 +34,7 @@ type Daemon struct {
 	cfg     config.Config
 	log     *slog.Logger
 	Images  *image.Service
+	Pods    *pod.Manager
 	Metrics *metrics.Registry
 	grpc    *grpc.Server
 	lis     net.Listener
@@ -70,7 +73,27 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	if cfg.Image.PauseImage != "" {
 		pinned = append(pinned, cfg.Image.PauseImage)
 	}
+	handlers := map[string]pod.Handler{}
+	for name, h := range cfg.Runtime.Handlers {
+		handlers[name] = pod.Handler{Path: h.Path}
+	}
+	// The runtime's metadata loads first: the image store's start-up
+	// repair asks it which layers containers use.
 	var err error
+	d.Pods, err = pod.New(pod.Options{
+		Root:           filepath.Join(cfg.Root, "runtime"),
+		State:          filepath.Join(cfg.State, "runtime"),
+		CNI:            cnirun.New(cfg.Runtime.CNIConfDir, filepath.SplitList(cfg.Runtime.CNIBinDir), filepath.Join(cfg.Root, "cni-cache")),
+		Handlers:       handlers,
+		DefaultHandler: cfg.Runtime.DefaultHandler,
+		CgroupDriver:   cfg.Runtime.CgroupDriver,
+		MonitorPath:    cfg.Runtime.MonitorPath,
+		Logger:         log,
+		Metrics:        d.Metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
 	d.Images, err = image.New(ctx, image.Options{
 		Root:             ImageRoot(cfg.Root),
 		ContainerDir:     filepath.Join(cfg.Root, "containers"),
@@ -83,9 +106,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		UserAgent:        "tripodd/" + Version,
 		Logger:           log,
 		Metrics:          d.Metrics,
+		LayersInUse:      d.Pods.LayersInUse,
 	})
 	if err != nil {
+		d.Pods.Close()
 		return nil, err
+	}
+	if err := d.Pods.Recover(ctx, d.Images); err != nil {
+		d.Pods.Close()
+		d.Images.Close()
+		return nil, fmt.Errorf("runtime recovery: %w", err)
 	}
 	d.lis, err = listen(cfg.Listen)
 	if err != nil {
@@ -95,17 +125,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	d.Addr = d.lis.Addr().String()
 	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20))
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
+	runtimeapi.RegisterRuntimeServiceServer(d.grpc, server.NewRuntimeServer(d.Pods, Version))
 
 	adminPath := filepath.Join(cfg.State, adminapi.Socket)
 	if d.adminL, err = listen("unix://" + adminPath); err != nil {
 		d.lis.Close()
 		d.Images.Close()
+		d.Pods.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	if err := os.Chmod(adminPath, 0o600); err != nil {
 		d.adminL.Close()
 		d.lis.Close()
 		d.Images.Close()
+		d.Pods.Close()
 		return nil, err
 	}
 	d.admin = &http.Server{Handler: adminHandler(d.Images), ReadHeaderTimeout: 10 * time.Second}
@@ -117,6 +150,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 			d.admin.Close()
 			d.lis.Close()
 			d.Images.Close()
+			d.Pods.Close()
 			return nil, fmt.Errorf("metrics listener: %w", err)
 		}
 		d.MetricsAddr = ml.Addr().String()
@@ -184,6 +218,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	d.admin.Close()
 	if cerr := d.Images.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := d.Pods.Close(); err == nil {
 		err = cerr
 	}
 	return err
