@@ -98,11 +98,20 @@ type daemonProc struct {
 // killed (by its PID) when the test ends, if still running.
 func startDaemon(t *testing.T, n node, extra ...string) *daemonProc {
 	t.Helper()
+	return startDaemonEnv(t, n, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with more environment variables.
+func startDaemonEnv(t *testing.T, n node, env []string, extra ...string) *daemonProc {
+	t.Helper()
 	args := append([]string{"--config", filepath.Join(n.state, "none.toml"), "--root", n.root, "--state", n.state,
 		"--listen", "unix://" + n.sock, "--registry-hosts-dir", n.hosts}, extra...)
 	os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
 	p := &daemonProc{cmd: exec.Command(tripodd, args...), log: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -99,10 +100,25 @@ func newPodEnv(t *testing.T) *podEnv {
 		if l, err := netlink.LinkByName(e.tag + "br"); err == nil {
 			netlink.LinkDel(l)
 		}
+		// Any container process a failed test left behind sits in this
+		// test's own cgroup parent: kill those by PID.
+		procs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", e.cgroup, "*", "cgroup.procs"))
+		for _, f := range procs {
+			b, _ := os.ReadFile(f)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
 		for _, ctl := range []string{"memory", "cpu,cpuacct", "pids", "devices", "freezer", "blkio", "cpuset", "net_cls,net_prio", "perf_event", "hugetlb", "systemd", "unified", "misc", "rdma"} {
 			os.Remove(filepath.Join("/sys/fs/cgroup", ctl, e.cgroup))
 		}
 	})
+	// Registered after the node cleanup, so it runs before it, and
+	// before any daemon a test started has been killed... or after: it
+	// brings up a daemon of its own either way.
+	t.Cleanup(e.removeAll)
 	e.boot()
 	ctx := testCtx(t)
 	if _, err := e.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: e.image}}); err != nil {
@@ -122,19 +138,63 @@ func (e *podEnv) boot() {
 	e.img = runtimeapi.NewImageServiceClient(conn)
 }
 
-// runPod starts a pod removed at the end of the test (before the daemon
-// is killed: cleanups run last-registered first).
+// removeAll runs a fresh tripodd on the node (whatever state the test
+// left it in), removes every pod through it, and kills it by PID.
+func (e *podEnv) removeAll() {
+	t := e.t
+	sock := e.n.sock + ".cleanup"
+	cmd := exec.Command(tripodd, "--config", filepath.Join(e.n.state, "none.toml"), "--root", e.n.root, "--state", e.n.state,
+		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t))
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Errorf("cleanup daemon: %v", err)
+		return
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("cleanup daemon did not start:\n%s", log.String())
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lp, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	for _, p := range lp.Items {
+		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+			t.Errorf("cleanup: remove pod %s: %v\n%s", p.Id, err, log.String())
+		}
+	}
+}
+
+// runPod starts a pod (removed at the end of the test by removeAll).
 func (e *podEnv) runPod(name string, ports ...*runtimeapi.PortMapping) string {
 	e.t.Helper()
 	resp, err := e.rt.RunPodSandbox(testCtx(e.t), &runtimeapi.RunPodSandboxRequest{Config: e.podConfig(name, ports...)})
 	if err != nil {
 		e.t.Fatalf("RunPodSandbox %s: %v", name, err)
 	}
-	e.t.Cleanup(func() {
-		if _, err := e.rt.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: resp.PodSandboxId}); err != nil {
-			e.t.Errorf("cleanup: remove pod: %v", err)
-		}
-	})
 	return resp.PodSandboxId
 }
 

@@ -90,6 +90,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		MonitorPath:    cfg.Runtime.MonitorPath,
 		Logger:         log,
 		Metrics:        d.Metrics,
+		CrashAt:        os.Getenv("TRIPOD_CRASH_AT"),
 	})
 	if err != nil {
 		return nil, err

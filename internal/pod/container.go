@@ -193,6 +193,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	}
 	u.add(func(context.Context) error { return rootfs.Unmount(root) })
 	m.phase("rootfs", t)
+	m.crashpoint("ctr-rootfs")
 
 	t = time.Now()
 	spec, err := m.spec(p, c, &icfg.Config, root)
@@ -224,6 +225,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil, fmt.Errorf("create container: %w", err)
 	}
 	m.phase("oci_create", t)
+	m.crashpoint("ctr-create")
 	m.mu.Lock()
 	c.Pid = rep.Pid
 	c.State = Created

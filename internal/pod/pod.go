@@ -52,6 +52,10 @@ type Options struct {
 	MonitorPath string
 	Logger      *slog.Logger
 	Metrics     *metrics.Registry
+	// CrashAt names a point inside RunPod or CreateContainer where the
+	// process kills itself with SIGKILL: the fault injection the restart
+	// tests use (tripodd sets it from TRIPOD_CRASH_AT). Empty in production.
+	CrashAt string
 }
 
 // State of a pod or container.
@@ -262,6 +266,13 @@ func (u undo) run(log *slog.Logger, what string) {
 	}
 }
 
+func (m *Manager) crashpoint(name string) {
+	if m.opt.CrashAt == name {
+		m.log.Warn("crash point reached: SIGKILL", "point", name)
+		unix.Kill(os.Getpid(), unix.SIGKILL)
+	}
+}
+
 func (m *Manager) phase(name string, start time.Time) {
 	m.m.phase.Add(time.Since(start).Seconds(), name)
 }
@@ -332,6 +343,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		return nil, err
 	}
 	u.add(func(context.Context) error { return netns.Unpin(p.Namespaces) })
+	m.crashpoint("pod-netns")
 	if p.Shm != "" {
 		if err := os.MkdirAll(p.Shm, 0o1777); err != nil {
 			return nil, err
@@ -369,6 +381,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		}
 		p.Net = &att
 		u.add(func(ctx context.Context) error { return m.opt.CNI.Del(ctx, att, cp) })
+		m.crashpoint("pod-cni-add")
 		m.phase("cni_add", t)
 	}
 	if err := ctx.Err(); err != nil {
