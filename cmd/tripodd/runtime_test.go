@@ -112,6 +112,10 @@ func newPodEnv(t *testing.T) *podEnv {
 			}
 		}
 		for _, ctl := range []string{"memory", "cpu,cpuacct", "pids", "devices", "freezer", "blkio", "cpuset", "net_cls,net_prio", "perf_event", "hugetlb", "systemd", "unified", "misc", "rdma"} {
+			kids, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ctl, e.cgroup, "*", "cgroup.procs"))
+			for _, k := range kids {
+				os.Remove(filepath.Dir(k))
+			}
 			os.Remove(filepath.Join("/sys/fs/cgroup", ctl, e.cgroup))
 		}
 	})
