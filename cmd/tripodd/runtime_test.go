@@ -74,6 +74,11 @@ func busyboxImage(t *testing.T) []imagetest.Entry {
 
 func newPodEnv(t *testing.T) *podEnv {
 	runtimePrereqs(t)
+	return newPodEnvBin(t, cnitest.BinDir(t))
+}
+
+// newPodEnvBin is newPodEnv with the CNI plugins taken from bin.
+func newPodEnvBin(t *testing.T, bin string) *podEnv {
 	e := &podEnv{t: t, n: newNode(t), tag: cnitest.Tag(t)}
 	b := make([]byte, 2)
 	rand.Read(b)
@@ -88,7 +93,7 @@ func newPodEnv(t *testing.T) *podEnv {
 	  {"type":"bridge","bridge":"%sbr","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"%s"}},
 	  {"type":"portmap","capabilities":{"portMappings":true}}]}`, e.tag, e.tag, e.subnet, filepath.Join(t.TempDir(), "ipam"))
 	os.WriteFile(filepath.Join(e.confDir, "10-test.conflist"), []byte(conf), 0o644)
-	e.extra = []string{"--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t)}
+	e.extra = []string{"--cni-conf-dir", e.confDir, "--cni-bin-dir", bin}
 	t.Cleanup(func() {
 		// After the daemon and the pods: the monitor, the bridge, the
 		// cgroup parents (each by name, all unique to this test).
@@ -149,6 +154,7 @@ func (e *podEnv) removeAll() {
 	sock := e.n.sock + ".cleanup"
 	cmd := exec.Command(tripodd, "--config", filepath.Join(e.n.state, "none.toml"), "--root", e.n.root, "--state", e.n.state,
 		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t))
+	// Any config this test removed is back for the teardown.
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {

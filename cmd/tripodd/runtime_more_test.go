@@ -1,0 +1,197 @@
+package main_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/tripod-dev/tripod/internal/cni/cnitest"
+)
+
+// TestRuntimeStatusAndConfig: Version, Status (network readiness follows
+// the CNI config), RuntimeConfig, UpdateRuntimeConfig, handlers.
+func TestRuntimeStatusAndConfig(t *testing.T) {
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	v, err := e.rt.Version(ctx, &runtimeapi.VersionRequest{})
+	if err != nil || v.RuntimeName != "tripod" || v.RuntimeApiVersion != "v1" {
+		t.Fatalf("Version: %v %v", v, err)
+	}
+	cond := func() map[string]*runtimeapi.RuntimeCondition {
+		st, err := e.rt.Status(ctx, &runtimeapi.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]*runtimeapi.RuntimeCondition{}
+		for _, c := range st.Status.Conditions {
+			out[c.Type] = c
+		}
+		if len(st.RuntimeHandlers) != 1 || st.RuntimeHandlers[0].Name != "runc" {
+			t.Fatalf("handlers: %v", st.RuntimeHandlers)
+		}
+		return out
+	}
+	if c := cond(); !c[runtimeapi.RuntimeReady].Status || !c[runtimeapi.NetworkReady].Status {
+		t.Fatalf("conditions: %v", c)
+	}
+	conf := filepath.Join(e.confDir, "10-test.conflist")
+	saved, _ := os.ReadFile(conf)
+	os.Remove(conf)
+	if c := cond()[runtimeapi.NetworkReady]; c.Status || c.Reason != "NetworkPluginNotReady" {
+		t.Fatalf("network ready without a config: %v", c)
+	}
+	if _, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("nonet")}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("pod without a network config: %v", err)
+	}
+	os.WriteFile(conf, saved, 0o644)
+	// The failed pod left its name free.
+	e.runPod("nonet")
+
+	rc, err := e.rt.RuntimeConfig(ctx, &runtimeapi.RuntimeConfigRequest{})
+	if err != nil || rc.Linux.CgroupDriver != runtimeapi.CgroupDriver_CGROUPFS {
+		t.Fatalf("RuntimeConfig: %v %v", rc, err)
+	}
+	if _, err := e.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: e.subnet}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.runPod("withcidr")
+	if _, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("badhandler"), RuntimeHandler: "nope"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "runtime_handler") {
+		t.Fatalf("unknown handler: %v", err)
+	}
+}
+
+// TestStopWithoutCNI: a pod stops and is removed after its network config
+// and the plugins themselves are gone.
+func TestStopWithoutCNI(t *testing.T) {
+	runtimePrereqs(t)
+	bin := t.TempDir()
+	ents, _ := os.ReadDir(cnitest.BinDir(t))
+	for _, ent := range ents {
+		target, _ := filepath.EvalSymlinks(filepath.Join(cnitest.BinDir(t), ent.Name()))
+		os.Symlink(target, filepath.Join(bin, ent.Name()))
+	}
+	e := newPodEnvBin(t, bin)
+	ctx := testCtx(t)
+	pod := e.runPod("gone")
+	os.Remove(filepath.Join(e.confDir, "10-test.conflist"))
+	os.RemoveAll(bin)
+	if _, err := e.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatalf("StopPodSandbox without CNI: %v", err)
+	}
+	if _, err := e.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatalf("RemovePodSandbox without CNI: %v", err)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), e.n.state) {
+		t.Fatal("namespace mounts left after stop")
+	}
+}
+
+// TestReopenContainerLog: after kubelet renames the log, ReopenContainerLog
+// makes new output go to a new file at the same path.
+func TestReopenContainerLog(t *testing.T) {
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	pod := e.runPod("rot")
+	c := e.create(pod, "c", "sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done")
+	e.start(c)
+	log := filepath.Join(e.logDir, "rot", "c.log")
+	waitFor(t, log, "line 1\n")
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.rt.ReopenContainerLog(ctx, &runtimeapi.ReopenContainerLogRequest{ContainerId: c}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, log, "stdout F line")
+	old, _ := os.ReadFile(log + ".1")
+	cur, _ := os.ReadFile(log)
+	if strings.Contains(string(cur), "line 0\n") || !strings.Contains(string(old), "line 0\n") {
+		t.Fatalf("rotation mixed the files:\nold %s\nnew %s", old, cur)
+	}
+	e.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c})
+	if _, err := e.rt.ReopenContainerLog(ctx, &runtimeapi.ReopenContainerLogRequest{ContainerId: c}); err == nil {
+		t.Fatal("ReopenContainerLog of a stopped container succeeded")
+	}
+}
+
+// TestCrictlRuntime: the runtime through crictl: runp, create, start, ps,
+// pods, logs, inspect, inspectp, stop, rm, stopp, rmp.
+func TestCrictlRuntime(t *testing.T) {
+	crictl := crictlPath(t)
+	e := newPodEnv(t)
+	cfg := filepath.Join(e.n.state, "crictl.yaml")
+	os.WriteFile(cfg, []byte("runtime-endpoint: unix://"+e.n.sock+"\nimage-endpoint: unix://"+e.n.sock+"\ntimeout: 60\n"), 0o644)
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(crictl, append([]string{"--config", cfg}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("crictl %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	podJSON, _ := json.Marshal(map[string]any{
+		"metadata":      map[string]any{"name": "cri", "namespace": "test", "uid": e.tag + "-cri"},
+		"log_directory": filepath.Join(e.logDir, "cri"),
+		"linux":         map[string]any{"cgroup_parent": e.cgroup},
+	})
+	ctrJSON, _ := json.Marshal(map[string]any{
+		"metadata": map[string]any{"name": "hello"},
+		"image":    map[string]any{"image": e.image},
+		"command":  []string{"sh", "-c", "echo hello from crictl; sleep 1000"},
+		"log_path": "hello.log",
+	})
+	podFile, ctrFile := filepath.Join(e.n.state, "pod.json"), filepath.Join(e.n.state, "ctr.json")
+	os.WriteFile(podFile, podJSON, 0o644)
+	os.WriteFile(ctrFile, ctrJSON, 0o644)
+	pod := must("runp", podFile)
+	if out := must("pods", "-q"); out != pod {
+		t.Fatalf("crictl pods: %q, want %q", out, pod)
+	}
+	var insp struct {
+		Status struct {
+			State   string
+			Network struct{ IP string }
+		}
+	}
+	json.Unmarshal([]byte(must("inspectp", pod)), &insp)
+	if insp.Status.State != "SANDBOX_READY" || insp.Status.Network.IP == "" {
+		t.Fatalf("inspectp: %+v", insp)
+	}
+	ctr := must("create", pod, ctrFile, podFile)
+	must("start", ctr)
+	if out := must("ps", "-q", "--pod", pod[:12]); out != ctr {
+		t.Fatalf("crictl ps: %q", out)
+	}
+	waitFor(t, filepath.Join(e.logDir, "cri", "hello.log"), "hello from crictl")
+	if out := must("logs", ctr); out != "hello from crictl" {
+		t.Fatalf("crictl logs: %q", out)
+	}
+	var ci struct{ Status struct{ State string } }
+	json.Unmarshal([]byte(must("inspect", ctr)), &ci)
+	if ci.Status.State != "CONTAINER_RUNNING" {
+		t.Fatalf("inspect: %+v", ci)
+	}
+	must("stop", "--timeout", "0", ctr)
+	json.Unmarshal([]byte(must("inspect", ctr)), &ci)
+	if ci.Status.State != "CONTAINER_EXITED" {
+		t.Fatalf("inspect after stop: %+v", ci)
+	}
+	must("rm", ctr)
+	if out := must("ps", "-a", "-q"); out != "" {
+		t.Fatalf("containers after rm: %q", out)
+	}
+	must("stopp", pod)
+	must("rmp", pod)
+	if out := must("pods", "-q"); out != "" {
+		t.Fatalf("pods after rmp: %q", out)
+	}
+}
