@@ -13,12 +13,14 @@ export PATH := $(TOOLS):$(PATH)
 # Debian packages the tests use: ping and ip (connectivity), dnsmasq (the
 # DHCP server the dhcp plugin is tested against), QEMU with Debian's kernel
 # and busybox (macvlan/ipvlan/vlan, which this host's kernel lacks).
-APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod
+APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod runc
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
 CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
+# critest is a test binary: built with `go test -c` inside the module.
+CRITOOLS_MOD := sigs.k8s.io/cri-tools@v1.37.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
@@ -45,7 +47,7 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/critest
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
@@ -55,6 +57,11 @@ $(TOOLS)/cnitool:
 
 $(TOOLS)/crictl:
 	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
+
+$(TOOLS)/critest:
+	@mkdir -p $(TOOLS)
+	cd "$$($(GO) mod download -json $(CRITOOLS_MOD) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')" && \
+		$(GO) test -c -o $(TOOLS)/critest ./cmd/critest
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.

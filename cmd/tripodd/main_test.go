@@ -106,7 +106,9 @@ func startDaemonEnv(t *testing.T, n node, env []string, extra ...string) *daemon
 	t.Helper()
 	args := append([]string{"--config", filepath.Join(n.state, "none.toml"), "--root", n.root, "--state", n.state,
 		"--listen", "unix://" + n.sock, "--registry-hosts-dir", n.hosts}, extra...)
-	os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
+	if _, err := os.Stat(filepath.Join(n.state, "none.toml")); err != nil {
+		os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
+	}
 	p := &daemonProc{cmd: exec.Command(tripodd, args...), log: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if env != nil {

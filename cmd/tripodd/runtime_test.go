@@ -66,7 +66,14 @@ func busyboxImage(t *testing.T) []imagetest.Entry {
 		{Name: "tmp/", Type: '5', Mode: 0o1777}, {Name: "etc/", Type: '5'},
 		{Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"},
 		{Name: "etc/group", Body: "root:x:0:\nnogroup:x:65534:\n"}}
-	for _, a := range []string{"sh", "echo", "cat", "sleep", "mkdir", "httpd", "printf", "hostname", "ip", "wget", "ls", "true", "kill"} {
+	list, err := exec.Command("/bin/busybox", "--list").Output()
+	if err != nil {
+		t.Fatalf("busybox --list: %v", err)
+	}
+	for _, a := range strings.Fields(string(list)) {
+		if a == "busybox" {
+			continue
+		}
 		es = append(es, imagetest.Entry{Name: "bin/" + a, Type: '2', Linkname: "busybox"})
 	}
 	return es
@@ -78,7 +85,10 @@ func newPodEnv(t *testing.T) *podEnv {
 }
 
 // newPodEnvBin is newPodEnv with the CNI plugins taken from bin.
-func newPodEnvBin(t *testing.T, bin string) *podEnv {
+func newPodEnvBin(t *testing.T, bin string) *podEnv { return newPodEnvWith(t, bin, nil) }
+
+// newPodEnvWith runs setup (with the registry) before the daemon starts.
+func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Registry)) *podEnv {
 	e := &podEnv{t: t, n: newNode(t), tag: cnitest.Tag(t)}
 	b := make([]byte, 2)
 	rand.Read(b)
@@ -128,6 +138,11 @@ func newPodEnvBin(t *testing.T, bin string) *podEnv {
 	// before any daemon a test started has been killed... or after: it
 	// brings up a daemon of its own either way.
 	t.Cleanup(e.removeAll)
+	// Pods that name no cgroup parent (critest's) land under this test's.
+	os.WriteFile(filepath.Join(e.n.state, "none.toml"), fmt.Appendf(nil, "[runtime]\ncgroup_parent = %q\n", e.cgroup), 0o644)
+	if setup != nil {
+		setup(e, reg)
+	}
 	e.boot()
 	ctx := testCtx(t)
 	if _, err := e.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: e.image}}); err != nil {

@@ -37,6 +37,7 @@ type Runtime struct {
 	CNIConfDir     string             `toml:"cni_conf_dir" comment:"CNI network configurations; the first file by name is used"`
 	CNIBinDir      string             `toml:"cni_bin_dir" comment:"CNI plugin binaries (several directories separated by ':')"`
 	CgroupDriver   string             `toml:"cgroup_driver" comment:"cgroupfs or systemd; must match kubelet's"`
+	CgroupParent   string             `toml:"cgroup_parent" comment:"cgroup parent of containers whose pod names none (cgroupfs path or systemd slice)"`
 	DefaultHandler string             `toml:"default_handler" comment:"runtime handler for pods that name none"`
 	Handlers       map[string]Handler `toml:"handlers" comment:"OCI runtimes by RuntimeClass handler name, e.g. [runtime.handlers.crun] path = \"crun\""`
 	MonitorPath    string             `toml:"monitor_path" comment:"tripod-monitor binary; empty means beside tripodd"`
@@ -95,6 +96,7 @@ func Default() Config {
 			CNIConfDir:     "/etc/cni/net.d",
 			CNIBinDir:      "/opt/cni/bin",
 			CgroupDriver:   "cgroupfs",
+			CgroupParent:   "/tripod",
 			DefaultHandler: "runc",
 			Handlers:       map[string]Handler{"runc": {Path: "runc"}},
 		},

@@ -87,6 +87,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		Handlers:       handlers,
 		DefaultHandler: cfg.Runtime.DefaultHandler,
 		CgroupDriver:   cfg.Runtime.CgroupDriver,
+		CgroupParent:   cfg.Runtime.CgroupParent,
 		MonitorPath:    cfg.Runtime.MonitorPath,
 		Logger:         log,
 		Metrics:        d.Metrics,

@@ -92,11 +92,17 @@ func (m *Manager) cgroupsPath(p *Pod, id string) string {
 	if m.opt.CgroupDriver == "systemd" {
 		parent := p.CgroupParent
 		if parent == "" {
+			parent = m.opt.CgroupParent
+		}
+		if parent == "" || !strings.HasSuffix(parent, ".slice") {
 			parent = "system.slice"
 		}
 		return parent + ":tripod:" + id
 	}
 	parent := p.CgroupParent
+	if parent == "" {
+		parent = m.opt.CgroupParent
+	}
 	if parent == "" {
 		parent = "/tripod"
 	}
@@ -256,10 +262,7 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 		Sysctls: p.Sysctls, CgroupsPath: m.cgroupsPath(p, c.ID), Namespaces: ns, Files: files, ShmDir: p.Shm,
 	}
 	if _, ok := ns[specs.UTSNamespace]; ok {
-		in.Hostname = p.Hostname
-		if in.Hostname == "" {
-			in.Hostname = p.Meta.Name
-		}
+		in.Hostname = p.hostname()
 	}
 	if p.HostIPC {
 		in.ShmDir = "/dev/shm"

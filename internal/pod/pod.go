@@ -48,6 +48,8 @@ type Options struct {
 	DefaultHandler string
 	// CgroupDriver is "cgroupfs" or "systemd".
 	CgroupDriver string
+	// CgroupParent is used for pods that name none.
+	CgroupParent string
 	// MonitorPath is the tripod-monitor binary.
 	MonitorPath string
 	Logger      *slog.Logger
@@ -335,11 +337,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if err := m.store.put(podBucket, p.ID, p); err != nil {
 		return nil, err
 	}
-	hostname := cfg.Hostname
-	if hostname == "" {
-		hostname = cfg.Meta.Name
-	}
-	if _, err := netns.Pin(nsDir, kinds, hostname); err != nil {
+	if _, err := netns.Pin(nsDir, kinds, p.hostname()); err != nil {
 		return nil, err
 	}
 	u.add(func(context.Context) error { return netns.Unpin(p.Namespaces) })
@@ -435,6 +433,19 @@ func (m *Manager) cniPod(p *Pod) cnirun.Pod {
 	return cp
 }
 
+// hostname is the pod's host name: the one asked for, or its name cut to
+// what a host name may be (63 characters).
+func (p *Pod) hostname() string {
+	if p.Hostname != "" {
+		return p.Hostname
+	}
+	h := p.Meta.Name
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-.")
+	}
+	return h
+}
+
 // writePodFiles writes the hostname, hosts and resolv.conf the pod's
 // containers bind-mount.
 func writePodFiles(p *Pod) error {
@@ -447,7 +458,7 @@ func writePodFiles(p *Pod) error {
 			}
 			hostname = h
 		} else {
-			hostname = p.Meta.Name
+			hostname = p.hostname()
 		}
 	}
 	files := map[string]string{"hostname": hostname + "\n"}

@@ -69,11 +69,8 @@ func (m *Manager) ensureMonitor(ctx context.Context) error {
 // longer live. Containers are checked in parallel.
 func (m *Manager) Recover(ctx context.Context, images Images) error {
 	m.images = images
-	// Without a monitor (its binary missing) pods still work and
-	// container creation reports the problem; recovery goes on.
-	if err := m.ensureMonitor(ctx); err != nil {
-		m.log.Warn("no container monitor", "err", err)
-	}
+	// The monitor is not started here: it starts with the first
+	// container, and recovery reads exits without it when it is gone.
 	m.mu.Lock()
 	var pods []*Pod
 	for _, p := range m.pods {

@@ -2,9 +2,14 @@ package pod
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/tripod-dev/tripod/internal/errdefs"
 )
 
 var (
@@ -17,8 +22,11 @@ var (
 type store struct{ db *bolt.DB }
 
 func openStore(path string) (*store, error) {
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: in use by another tripodd (separate instances need separate --root): %w", path, errdefs.ErrUnavailable)
+		}
 		return nil, fmt.Errorf("runtime metadata %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -412,4 +413,16 @@ func (s *RuntimeServer) ReopenContainerLog(ctx context.Context, req *runtimeapi.
 		return nil, toStatus(err)
 	}
 	return &runtimeapi.ReopenContainerLogResponse{}, nil
+}
+
+// ExecSync runs a command in a container and returns its output.
+func (s *RuntimeServer) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
+	if req.ContainerId == "" {
+		return nil, status.Error(codes.InvalidArgument, "container_id: required")
+	}
+	out, errOut, code, err := s.m.ExecSync(ctx, req.ContainerId, req.Cmd, time.Duration(req.Timeout)*time.Second)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &runtimeapi.ExecSyncResponse{Stdout: out, Stderr: errOut, ExitCode: code}, nil
 }
