@@ -25,7 +25,7 @@ REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-cri up install-cni clean
 
 all: build
 
@@ -85,7 +85,7 @@ test: deps build lint test-go
 test-go:
 	TRIPOD_CNI_BIN=$(BIN)/cni $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni bench-images
+bench: bench-cni bench-images bench-cri
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
@@ -95,6 +95,12 @@ bench-cni: deps build bench-deps
 bench-images: deps build
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
+
+# Pod start, stop and memory per pod, tripodd vs Debian's containerd 1.6
+# (its CRI plugin with the reference CNI plugins). Needs root.
+bench-cri: deps build bench-deps
+	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
+	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cri
 
 # The main job: install the CNI plugins into /opt/cni/bin and run tripodd
 # in the foreground on its embedded defaults (CRI socket
