@@ -2,9 +2,12 @@ package main_test
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -13,12 +16,18 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
+	"github.com/tripod-dev/tripod/internal/image/imagetest"
 )
 
 // TestRuntimeStatusAndConfig: Version, Status (network readiness follows
 // the CNI config), RuntimeConfig, UpdateRuntimeConfig, handlers.
 func TestRuntimeStatusAndConfig(t *testing.T) {
-	e := newPodEnv(t)
+	runtimePrereqs(t)
+	e := newPodEnvWith(t, cnitest.BinDir(t), func(e *podEnv, _ *imagetest.Registry) {
+		f, _ := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
+		f.WriteString("[metrics]\naddress = \"127.0.0.1:0\"\n")
+		f.Close()
+	})
 	ctx := testCtx(t)
 	v, err := e.rt.Version(ctx, &runtimeapi.VersionRequest{})
 	if err != nil || v.RuntimeName != "tripod" || v.RuntimeApiVersion != "v1" {
@@ -65,6 +74,24 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 	e.runPod("withcidr")
 	if _, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("badhandler"), RuntimeHandler: "nope"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "runtime_handler") {
 		t.Fatalf("unknown handler: %v", err)
+	}
+	// Every call and phase is counted.
+	m := regexp.MustCompile(`metrics=(127\.0\.0\.1:\d+)`).FindStringSubmatch(e.d.log.String())
+	if m == nil {
+		t.Fatalf("no metrics address in the log:\n%s", e.d.log.String())
+	}
+	resp, err := http.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`tripod_cri_requests_total{method="RunPodSandbox",code="OK"} 2`,
+		`tripod_cri_requests_total{method="RunPodSandbox",code="FailedPrecondition"} 1`,
+		`tripod_runtime_phases_total{phase="cni_add"} 2`, `tripod_runtime_phases_total{phase="netns"} 3`} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("metrics lack %s:\n%s", want, body)
+		}
 	}
 }
 

@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/adminapi"
@@ -125,7 +127,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		return nil, err
 	}
 	d.Addr = d.lis.Addr().String()
-	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20))
+	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20), grpc.UnaryInterceptor(rpcMetrics(d.Metrics)))
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
 	runtimeapi.RegisterRuntimeServiceServer(d.grpc, server.NewRuntimeServer(d.Pods, Version))
 
@@ -226,4 +228,19 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		err = cerr
 	}
 	return err
+}
+
+// rpcMetrics counts every CRI call by method and status code, and the time
+// spent in each method.
+func rpcMetrics(reg *metrics.Registry) grpc.UnaryServerInterceptor {
+	calls := reg.Counter("tripod_cri_requests_total", "CRI calls by method and gRPC status code.", "method", "code")
+	secs := reg.Counter("tripod_cri_request_seconds_total", "Time spent answering CRI calls, by method.", "method")
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		t := time.Now()
+		resp, err := handler(ctx, req)
+		method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+		calls.Inc(method, status.Code(err).String())
+		secs.Add(time.Since(t).Seconds(), method)
+		return resp, err
+	}
 }

@@ -145,7 +145,7 @@ type Manager struct {
 }
 
 type coreMetrics struct {
-	phase metrics.Vec // phase, result
+	phase, phases metrics.Vec // phase
 }
 
 // New opens the metadata (under Root) and loads every record. Recover
@@ -179,7 +179,8 @@ func New(opt Options) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{}}
-	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "time spent in each phase of pod and container operations", "phase")
+	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
+	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
 	if err != nil {
 		st.db.Close()
@@ -277,6 +278,7 @@ func (m *Manager) crashpoint(name string) {
 
 func (m *Manager) phase(name string, start time.Time) {
 	m.m.phase.Add(time.Since(start).Seconds(), name)
+	m.m.phases.Inc(name)
 }
 
 // RunPod creates and starts a pod sandbox. On any failure, or when ctx
