@@ -373,7 +373,7 @@ func TestPodLifecycle(t *testing.T) {
 		}
 	}
 
-	job := e.create(pod, "job", "sh", "-c", "echo out; echo err >&2; printf 'no newline'; exit 3")
+	job := e.create(pod, "job", "sh", "-c", "echo out; echo err >&2; head -c 40000 /dev/zero | tr '\\0' x; echo; printf 'no newline'; exit 3")
 	e.start(job)
 	st := e.waitExited(job)
 	if st.ExitCode != 3 || st.Reason != "Error" || st.FinishedAt < st.StartedAt || st.StartedAt < st.CreatedAt {
@@ -384,6 +384,22 @@ func TestPodLifecycle(t *testing.T) {
 		if !strings.Contains(jlog, want) {
 			t.Fatalf("job log lacks %q:\n%s", want, jlog)
 		}
+	}
+	// A 40000-byte line is split into partial (P) entries ending in a full
+	// (F) one, and nothing is lost.
+	var long strings.Builder
+	partials := 0
+	for _, line := range strings.Split(jlog, "\n") {
+		f := strings.SplitN(line, " ", 4)
+		if len(f) == 4 && strings.HasPrefix(f[3], "x") {
+			long.WriteString(f[3])
+			if f[2] == "P" {
+				partials++
+			}
+		}
+	}
+	if long.Len() != 40000 || partials < 2 {
+		t.Fatalf("long line: %d bytes in %d partial entries", long.Len(), partials)
 	}
 
 	// Filters.
