@@ -341,23 +341,20 @@ func resolveUser(rootfs, imageUser string, uid *int64, username string, gid *int
 	}
 	name, group, _ := strings.Cut(spec, ":")
 	u := specs.User{}
-	home := ""
 	if name != "" {
 		if n, err := strconv.ParseUint(name, 10, 32); err == nil {
 			u.UID = uint32(n)
 			if e, ok := lookup(filepath.Join(rootfs, "etc/passwd"), "", u.UID); ok {
 				u.GID = e.gid
-				home = e.name
 			}
 		} else {
 			e, ok := lookup(filepath.Join(rootfs, "etc/passwd"), name, 0)
 			if !ok {
 				return u, fmt.Errorf("user %q: not found in the image's /etc/passwd", name)
 			}
-			u.UID, u.GID, home = e.uid, e.gid, e.name
+			u.UID, u.GID = e.uid, e.gid
 		}
 	}
-	_ = home
 	if group != "" {
 		if n, err := strconv.ParseUint(group, 10, 32); err == nil {
 			u.GID = uint32(n)
