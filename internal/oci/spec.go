@@ -99,6 +99,7 @@ func Generate(in Input) (*specs.Spec, error) {
 	if in.Privileged {
 		caps = allCaps()
 	}
+	caps = bounded(caps)
 	s := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: in.Hostname,
@@ -130,6 +131,16 @@ func Generate(in Input) (*specs.Spec, error) {
 		}
 	}
 	s.Mounts = baseMounts(in)
+	// Mounts made in a bidirectional volume only reach the host if the
+	// container's root is itself shared (slave for host-to-container).
+	for _, m := range in.Mounts {
+		switch {
+		case m.Propagation == "rshared":
+			s.Linux.RootfsPropagation = "rshared"
+		case m.Propagation == "rslave" && s.Linux.RootfsPropagation == "":
+			s.Linux.RootfsPropagation = "rslave"
+		}
+	}
 	for _, d := range in.Devices {
 		dev, err := device(d)
 		if err != nil {
@@ -317,6 +328,36 @@ func cgroupAccess(perms string) string {
 	return perms
 }
 
+// bounded keeps the capabilities this process's bounding set has: asking
+// runc for one the host withholds (CAP_SYS_RESOURCE on some VMs) fails the
+// container.
+func bounded(caps []string) []string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return caps
+	}
+	var bnd uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			if bnd, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64); err != nil {
+				return caps
+			}
+		}
+	}
+	bit := map[string]int{}
+	for i, c := range allCaps() {
+		bit[c] = i
+	}
+	var out []string
+	for _, c := range caps {
+		if i, ok := bit[c]; ok && bnd&(1<<i) != 0 {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// allCaps lists the capabilities in the order of their bit numbers.
 func allCaps() []string {
 	var out []string
 	for _, c := range []string{"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",

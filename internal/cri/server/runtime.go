@@ -371,7 +371,14 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 		ImageId: c.ImageID, Reason: c.Reason, Message: c.Message, Labels: c.Labels, Annotations: c.Annotations, LogPath: c.FullLog,
 	}
 	for _, mt := range c.Mounts {
-		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly})
+		prop := runtimeapi.MountPropagation_PROPAGATION_PRIVATE
+		switch mt.Propagation {
+		case "rslave":
+			prop = runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER
+		case "rshared":
+			prop = runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL
+		}
+		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
 	}
 	resp := &runtimeapi.ContainerStatusResponse{Status: st}
 	if req.Verbose {
