@@ -25,7 +25,7 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 	runtimePrereqs(t)
 	e := newPodEnvWith(t, cnitest.BinDir(t), func(e *podEnv, _ *imagetest.Registry) {
 		f, _ := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
-		f.WriteString("[metrics]\naddress = \"127.0.0.1:0\"\n")
+		f.WriteString("[runtime.handlers.alt]\npath = \"/usr/sbin/runc\"\n[metrics]\naddress = \"127.0.0.1:0\"\n")
 		f.Close()
 	})
 	ctx := testCtx(t)
@@ -42,7 +42,7 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 		for _, c := range st.Status.Conditions {
 			out[c.Type] = c
 		}
-		if len(st.RuntimeHandlers) != 1 || st.RuntimeHandlers[0].Name != "runc" {
+		if len(st.RuntimeHandlers) != 2 || st.RuntimeHandlers[0].Name != "alt" || st.RuntimeHandlers[1].Name != "runc" {
 			t.Fatalf("handlers: %v", st.RuntimeHandlers)
 		}
 		return out
@@ -75,6 +75,22 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 	if _, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("badhandler"), RuntimeHandler: "nope"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "runtime_handler") {
 		t.Fatalf("unknown handler: %v", err)
 	}
+	// A pod on the second handler: its containers live in that
+	// runtime's own state directory.
+	alt, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("alt"), RuntimeHandler: "alt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: alt.PodSandboxId})
+	if err != nil || ps.Status.RuntimeHandler != "alt" {
+		t.Fatalf("handler in status: %v %v", ps, err)
+	}
+	c := e.create(alt.PodSandboxId, "c", "sleep", "1000")
+	e.start(c)
+	out, err := exec.Command("/usr/sbin/runc", "--root", filepath.Join(e.n.state, "runtime", "runtime", "alt"), "state", c).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"status": "running"`) {
+		t.Fatalf("container not run by the alt handler: %v %s", err, out)
+	}
 	// Every call and phase is counted.
 	m := regexp.MustCompile(`metrics=(127\.0\.0\.1:\d+)`).FindStringSubmatch(e.d.log.String())
 	if m == nil {
@@ -86,9 +102,10 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`tripod_cri_requests_total{method="RunPodSandbox",code="OK"} 2`,
+	for _, want := range []string{`tripod_cri_requests_total{method="RunPodSandbox",code="OK"} 3`,
 		`tripod_cri_requests_total{method="RunPodSandbox",code="FailedPrecondition"} 1`,
-		`tripod_runtime_phases_total{phase="cni_add"} 2`, `tripod_runtime_phases_total{phase="netns"} 3`} {
+		`tripod_runtime_phases_total{phase="cni_add"} 3`, `tripod_runtime_phases_total{phase="netns"} 4`,
+		`tripod_runtime_phases_total{phase="start"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Fatalf("metrics lack %s:\n%s", want, body)
 		}
