@@ -2,6 +2,7 @@
 // so they outlive tripodd. tripodd starts it; it is not run by hand.
 //
 //	tripod-monitor SOCKET
+//	tripod-monitor pause      init of a pod's shared PID namespace
 package main
 
 import (
@@ -16,6 +17,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "pause" {
+		debug.SetGCPercent(20)
+		monitor.Pause()
+		return
+	}
 	if len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: tripod-monitor SOCKET")
 		os.Exit(2)

@@ -2,12 +2,14 @@ package main_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -238,4 +240,70 @@ func TestCrictlRuntime(t *testing.T) {
 	if out := must("pods", "-q"); out != "" {
 		t.Fatalf("pods after rmp: %q", out)
 	}
+}
+
+// TestSharedPIDNamespace: in a pod sharing its PID namespace, a container
+// sees another's processes; stopping the pod ends its init.
+func TestSharedPIDNamespace(t *testing.T) {
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	pc := e.podConfig("shared")
+	pc.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_POD}}
+	resp, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := resp.PodSandboxId
+	ps, _ := e.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if ps.Status.Linux.Namespaces.Options.Pid != runtimeapi.NamespaceMode_POD {
+		t.Fatalf("pid mode in status: %v", ps.Status.Linux.Namespaces.Options)
+	}
+	sleeper := e.create(pod, "sleeper", "sleep", "1000")
+	e.start(sleeper)
+	looker := e.create(pod, "looker", "sh", "-c", "ps -o pid,args")
+	e.start(looker)
+	if st := e.waitExited(looker); st.ExitCode != 0 {
+		t.Fatalf("ps exited %d", st.ExitCode)
+	}
+	out := waitFor(t, filepath.Join(e.logDir, "shared", "looker.log"), "sleep 1000")
+	if !strings.Contains(out, "stdout F     1 ") && !strings.Contains(out, "stdout F 1 ") {
+		t.Fatalf("no PID 1 (the pod's init) in the shared namespace:\n%s", out)
+	}
+	pidFile := filepath.Join(e.n.state, "runtime", "pods", pod, "ns", "pid")
+	var initPID int
+	for _, d := range mustReadDir(t, "/proc") {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasSuffix(string(cmd), "\x00pause\x00") && sameNS(pid, pidFile) {
+			initPID = pid
+		}
+	}
+	if initPID == 0 {
+		t.Fatal("the pod's init process was not found")
+	}
+	if _, err := e.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", initPID)); err == nil && !strings.Contains(string(b), "State:\tZ") {
+		t.Fatalf("the pod's init %d survived StopPodSandbox", initPID)
+	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Fatalf("pid namespace still pinned: %v", err)
+	}
+}
+
+func mustReadDir(t *testing.T, dir string) []os.DirEntry {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ents
+}
+
+func sameNS(pid int, pinned string) bool {
+	a, err1 := os.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	b, err2 := os.Stat(pinned)
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }

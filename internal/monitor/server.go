@@ -429,3 +429,22 @@ func (c *container) copyLog(r *os.File, stream string) {
 		}
 	}
 }
+
+// Pause is the init of a pod's shared PID namespace: it only reaps the
+// orphans reparented to it, until killed.
+func Pause() {
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGCHLD)
+	for range sigc {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+		}
+	}
+}

@@ -21,6 +21,9 @@ const (
 	Net Kind = "net"
 	IPC Kind = "ipc"
 	UTS Kind = "uts"
+	// PID namespaces cannot be unshared by a thread: Pin refuses them;
+	// PinProcess pins one a process runs in.
+	PID Kind = "pid"
 )
 
 var flags = map[Kind]int{Net: unix.CLONE_NEWNET, IPC: unix.CLONE_NEWIPC, UTS: unix.CLONE_NEWUTS}
@@ -107,4 +110,32 @@ func Pinned(path string) bool {
 		return false
 	}
 	return st.Type == unix.NSFS_MAGIC
+}
+
+// PinProcess bind-mounts the namespace of the given kind that process pid
+// is in at path.
+func PinProcess(pid int, kind Kind, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("namespace file: %w", err)
+	}
+	f.Close()
+	src := fmt.Sprintf("/proc/%d/ns/%s", pid, kind)
+	if err := unix.Mount(src, path, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("bind-mount %s: %w", src, err)
+	}
+	return nil
+}
+
+// Same reports whether process pid is in the namespace pinned at path.
+func Same(pid int, kind Kind, path string) bool {
+	var a, b unix.Stat_t
+	if unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, kind), &a) != nil || unix.Stat(path, &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }

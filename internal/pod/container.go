@@ -248,7 +248,8 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	if p.HostPID {
 		delete(ns, specs.PIDNamespace)
 	}
-	for kind, t := range map[netns.Kind]specs.LinuxNamespaceType{netns.Net: specs.NetworkNamespace, netns.IPC: specs.IPCNamespace, netns.UTS: specs.UTSNamespace} {
+	for kind, t := range map[netns.Kind]specs.LinuxNamespaceType{netns.Net: specs.NetworkNamespace, netns.IPC: specs.IPCNamespace,
+		netns.UTS: specs.UTSNamespace, netns.PID: specs.PIDNamespace} {
 		if path, ok := p.Namespaces[kind]; ok {
 			ns[t] = path
 		}

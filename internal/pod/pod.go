@@ -104,7 +104,9 @@ type PodConfig struct {
 	HostNetwork  bool
 	HostPID      bool
 	HostIPC      bool
-	Handler      string
+	// SharePID gives the pod one PID namespace for all its containers.
+	SharePID bool
+	Handler  string
 }
 
 // Pod is a pod sandbox.
@@ -116,6 +118,9 @@ type Pod struct {
 	Dir        string                `json:"dir"`
 	Namespaces map[netns.Kind]string `json:"namespaces,omitempty"`
 	Shm        string                `json:"shm,omitempty"`
+	// InitPID runs as PID 1 of a shared PID namespace (pinned as
+	// Namespaces["pid"]).
+	InitPID int `json:"initPID,omitempty"`
 	Net        *cnirun.Attachment    `json:"net,omitempty"`
 	// Detached is set once the CNI DEL has succeeded.
 	Detached bool `json:"detached,omitempty"`
@@ -352,6 +357,22 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 			return nil, fmt.Errorf("pod /dev/shm: %w", err)
 		}
 		u.add(func(context.Context) error { return rootfs.Unmount(p.Shm) })
+	}
+	if cfg.SharePID && !cfg.HostPID {
+		pidPath := filepath.Join(nsDir, "pid")
+		p.Namespaces[netns.PID] = pidPath
+		if err := m.store.put(podBucket, p.ID, p); err != nil {
+			return nil, err
+		}
+		pid, err := m.startPodInit(pidPath)
+		if err != nil {
+			return nil, err
+		}
+		p.InitPID = pid
+		u.add(func(context.Context) error { stopPodInit(pid, pidPath); return nil })
+		if err := m.store.put(podBucket, p.ID, p); err != nil {
+			return nil, err
+		}
 	}
 	m.phase("netns", t)
 	if err := writePodFiles(p); err != nil {
@@ -603,6 +624,9 @@ func (m *Manager) teardownPod(ctx context.Context, p *Pod) error {
 		}
 	}
 	m.phase("cni_del", t)
+	if path, ok := p.Namespaces[netns.PID]; ok {
+		stopPodInit(p.InitPID, path)
+	}
 	if err := netns.Unpin(p.Namespaces); err != nil {
 		return fmt.Errorf("stop pod %s: %w", p.ID, err)
 	}

@@ -22,13 +22,9 @@ func (m *Manager) ensureMonitor(ctx context.Context) error {
 	if _, err := cl.Call(ctx, monitor.Request{Op: "ping"}); err == nil {
 		return nil
 	}
-	bin := m.opt.MonitorPath
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		bin = filepath.Join(filepath.Dir(exe), "tripod-monitor")
+	bin, err := m.monitorBin()
+	if err != nil {
+		return err
 	}
 	logf, err := os.OpenFile(filepath.Join(m.opt.State, "monitor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -60,6 +56,48 @@ func (m *Manager) ensureMonitor(ctx context.Context) error {
 	}
 	m.log.Info("monitor started", "pid", pid)
 	return nil
+}
+
+func (m *Manager) monitorBin() (string, error) {
+	if m.opt.MonitorPath != "" {
+		return m.opt.MonitorPath, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(exe), "tripod-monitor"), nil
+}
+
+// startPodInit starts `tripod-monitor pause` as PID 1 of a new PID
+// namespace, in its own session so it outlives tripodd, and pins that
+// namespace at path.
+func (m *Manager) startPodInit(path string) (int, error) {
+	bin, err := m.monitorBin()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(bin, "pause")
+	cmd.Env = []string{"GOMAXPROCS=1"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWPID}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start the pod's PID namespace init (%s): %w", bin, err)
+	}
+	go cmd.Wait()
+	pid := cmd.Process.Pid
+	if err := netns.PinProcess(pid, netns.PID, path); err != nil {
+		cmd.Process.Kill()
+		return 0, err
+	}
+	return pid, nil
+}
+
+// stopPodInit kills a shared PID namespace's init, and with it anything
+// left in the namespace, if pid is still that process (not a reused PID).
+func stopPodInit(pid int, path string) {
+	if pid > 0 && netns.Same(pid, netns.PID, path) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // Recover brings the manager in line with the node after a start: records

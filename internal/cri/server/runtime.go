@@ -103,6 +103,7 @@ func (s *RuntimeServer) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPo
 		if ns := l.GetSecurityContext().GetNamespaceOptions(); ns != nil {
 			cfg.HostNetwork = ns.Network == runtimeapi.NamespaceMode_NODE
 			cfg.HostPID = ns.Pid == runtimeapi.NamespaceMode_NODE
+			cfg.SharePID = ns.Pid == runtimeapi.NamespaceMode_POD
 			cfg.HostIPC = ns.Ipc == runtimeapi.NamespaceMode_NODE
 		}
 	}
@@ -212,9 +213,12 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: &runtimeapi.NamespaceOption{
 			Network: nsMode(p.HostNetwork), Pid: nsMode(p.HostPID), Ipc: nsMode(p.HostIPC)}}},
 	}
-	if p.HostPID {
+	switch {
+	case p.HostPID:
 		st.Linux.Namespaces.Options.Pid = runtimeapi.NamespaceMode_NODE
-	} else {
+	case p.SharePID:
+		st.Linux.Namespaces.Options.Pid = runtimeapi.NamespaceMode_POD
+	default:
 		st.Linux.Namespaces.Options.Pid = runtimeapi.NamespaceMode_CONTAINER
 	}
 	if ips := p.IPs(); len(ips) > 0 {
