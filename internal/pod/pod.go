@@ -120,8 +120,8 @@ type Pod struct {
 	Shm        string                `json:"shm,omitempty"`
 	// InitPID runs as PID 1 of a shared PID namespace (pinned as
 	// Namespaces["pid"]).
-	InitPID int `json:"initPID,omitempty"`
-	Net        *cnirun.Attachment    `json:"net,omitempty"`
+	InitPID int                `json:"initPID,omitempty"`
+	Net     *cnirun.Attachment `json:"net,omitempty"`
 	// Detached is set once the CNI DEL has succeeded.
 	Detached bool `json:"detached,omitempty"`
 }
