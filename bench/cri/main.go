@@ -59,6 +59,12 @@ func run(seq, conc, held int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
+	// Both runtimes' bridge plugins (isGateway) turn on forwarding: put
+	// the host's setting back afterwards.
+	const fwd = "/proc/sys/net/ipv4/ip_forward"
+	if b, err := os.ReadFile(fwd); err == nil {
+		defer os.WriteFile(fwd, b, 0o644)
+	}
 	reg, err := imagetest.Serve(imagetest.Options{})
 	if err != nil {
 		return err

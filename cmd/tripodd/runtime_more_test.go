@@ -307,3 +307,38 @@ func sameNS(pid int, pinned string) bool {
 	b, err2 := os.Stat(pinned)
 	return err1 == nil && err2 == nil && os.SameFile(a, b)
 }
+
+// TestImageRemovalKeepsLayers: removing the image of a container (and the
+// GC that follows) leaves the layers its rootfs stacks on; the container
+// still starts and runs.
+func TestImageRemovalKeepsLayers(t *testing.T) {
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	pod := e.runPod("keep")
+	c := e.create(pod, "c", "sh", "-c", "echo still here; sleep 1000")
+	var lower []string
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if strings.Contains(line, filepath.Join(c, "rootfs")) {
+			if m := regexp.MustCompile(`lowerdir=([^,]+)`).FindStringSubmatch(line); m != nil {
+				lower = strings.Split(m[1], ":")
+			}
+		}
+	}
+	if len(lower) == 0 {
+		t.Fatal("no overlay rootfs mount found for the container")
+	}
+	if _, err := e.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: e.image}}); err != nil {
+		t.Fatal(err)
+	}
+	if li, _ := e.img.ListImages(ctx, &runtimeapi.ListImagesRequest{}); len(li.Images) != 0 {
+		t.Fatalf("image still listed: %v", li.Images)
+	}
+	for _, l := range lower {
+		if _, err := os.Stat(filepath.Join(l, "bin", "busybox")); err != nil {
+			t.Fatalf("layer %s was freed under a container: %v", l, err)
+		}
+	}
+	e.start(c)
+	waitFor(t, filepath.Join(e.logDir, "keep", "c.log"), "still here")
+}

@@ -99,9 +99,25 @@ func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Regi
 	reg.Push(t, "test/busybox:1", imagetest.Image("amd64", "", imagetest.Layer(busyboxImage(t)...)))
 	e.image = reg.Host + "/test/busybox:1"
 	e.confDir = t.TempDir()
+	// The bridge is made here with the gateway address, and the plugin
+	// is not the gateway: with isGateway it would turn on the host's
+	// ip_forward, which new network namespaces inherit (other packages'
+	// tests depend on it being off). Host-to-pod traffic needs no forwarding.
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.tag + "br"}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatalf("bridge: %v", err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(br) })
+	gw, _ := netlink.ParseAddr(strings.Replace(e.subnet, ".0/24", ".1/24", 1))
+	if err := netlink.AddrAdd(br, gw); err != nil {
+		t.Fatalf("bridge address: %v", err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"%s","plugins":[
-	  {"type":"bridge","bridge":"%sbr","isGateway":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"%s"}},
-	  {"type":"portmap","capabilities":{"portMappings":true}}]}`, e.tag, e.tag, e.subnet, filepath.Join(t.TempDir(), "ipam"))
+	  {"type":"bridge","bridge":"%sbr","ipam":{"type":"host-local","ranges":[[{"subnet":"%s","gateway":"%s"}]],"dataDir":"%s"}},
+	  {"type":"portmap","capabilities":{"portMappings":true}}]}`, e.tag, e.tag, e.subnet, gw.IP, filepath.Join(t.TempDir(), "ipam"))
 	os.WriteFile(filepath.Join(e.confDir, "10-test.conflist"), []byte(conf), 0o644)
 	e.extra = []string{"--cni-conf-dir", e.confDir, "--cni-bin-dir", bin}
 	t.Cleanup(func() {
