@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -341,4 +344,70 @@ func TestImageRemovalKeepsLayers(t *testing.T) {
 	}
 	e.start(c)
 	waitFor(t, filepath.Join(e.logDir, "keep", "c.log"), "still here")
+}
+
+// TestRunPodTimeout: a RunPodSandbox whose CNI ADD outlives the caller's
+// deadline is undone (DEL, namespaces, records) and its name released.
+func TestRunPodTimeout(t *testing.T) {
+	runtimePrereqs(t)
+	// The plugin directory: tripod's plugins plus "slow", a plugin that
+	// holds ADD for a minute (a stand-in for a stuck network).
+	bin := t.TempDir()
+	ents, _ := os.ReadDir(cnitest.BinDir(t))
+	for _, ent := range ents {
+		target, _ := filepath.EvalSymlinks(filepath.Join(cnitest.BinDir(t), ent.Name()))
+		os.Symlink(target, filepath.Join(bin, ent.Name()))
+	}
+	os.WriteFile(filepath.Join(bin, "slow"), []byte("#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && exec sleep 60\nexit 0\n"), 0o755)
+	e := newPodEnvBin(t, bin)
+	conf := filepath.Join(e.confDir, "10-test.conflist")
+	orig, _ := os.ReadFile(conf)
+	slow := strings.Replace(string(orig), `{"type":"portmap"`, `{"type":"slow"},{"type":"portmap"`, 1)
+	os.WriteFile(conf, []byte(slow), 0o644)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 3*time.Second)
+	_, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("slow")})
+	cancel()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("RunPodSandbox past its deadline: %v", err)
+	}
+	// The undo runs on the daemon's side after the caller gave up: wait
+	// (synchronisation) until the name is free again.
+	os.WriteFile(conf, orig, 0o644)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := e.rt.RunPodSandbox(testCtx(t), &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("slow")})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.AlreadyExists || time.Now().After(deadline) {
+			t.Fatalf("name not released after the timeout: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lp, _ := e.rt.ListPodSandbox(testCtx(t), &runtimeapi.ListPodSandboxRequest{})
+	if len(lp.Items) != 1 {
+		t.Fatalf("pods: %v", lp.Items)
+	}
+	// One pod, one attachment: the timed-out one left no bridge port
+	// and no IP reservation behind.
+	br, err := netlink.LinkByName(e.tag + "br")
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, _ := netlink.LinkList()
+	ports := 0
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			ports++
+		}
+	}
+	ips, _ := filepath.Glob(filepath.Join(filepath.Dir(e.confDir), "*", "ipam", e.tag, "10.*"))
+	if ports != 1 || len(ips) != 1 {
+		t.Fatalf("after a timed-out and a good pod: %d bridge ports, IP reservations %v", ports, ips)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if n := strings.Count(string(mounts), filepath.Join(e.n.state, "runtime", "pods")); n != 4 {
+		t.Fatalf("%d pod mounts, want the 4 of one pod (net, uts, ipc, shm)", n)
+	}
 }
