@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/tripod-dev/tripod/internal/cnirun"
 	"github.com/tripod-dev/tripod/internal/errdefs"
 	"github.com/tripod-dev/tripod/internal/image"
@@ -317,14 +319,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		return nil, fmt.Errorf("pod dir: %w", err)
 	}
 	u.add(func(context.Context) error { return os.RemoveAll(p.Dir) })
-	// Persisted first, marked Creating: a kill -9 from here on is rolled
-	// back at the next start from what this record says.
-	if err := m.store.put(podBucket, p.ID, p); err != nil {
-		return nil, err
-	}
-	u.add(func(context.Context) error { return m.store.delete(podBucket, p.ID) })
-
-	t = time.Now()
+	// Everything the rollback needs (namespace paths, the CNI config
+	// list) is in the first record, written before any of it exists and
+	// marked Creating: a kill -9 from here on is rolled back at the next
+	// start from what this record says. One write here and one at the
+	// end keep the fsyncs per pod to two.
 	var kinds []netns.Kind
 	if !cfg.HostNetwork {
 		kinds = append(kinds, netns.Net, netns.UTS)
@@ -333,17 +332,32 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		kinds = append(kinds, netns.IPC)
 	}
 	nsDir := filepath.Join(p.Dir, "ns")
-	// Recorded before pinning so a crash in between is undone too.
 	p.Namespaces = map[netns.Kind]string{}
 	for _, k := range kinds {
 		p.Namespaces[k] = filepath.Join(nsDir, string(k))
 	}
+	if cfg.SharePID && !cfg.HostPID {
+		p.Namespaces[netns.PID] = filepath.Join(nsDir, "pid")
+	}
 	if !cfg.HostIPC {
 		p.Shm = filepath.Join(p.Dir, "shm")
+	}
+	var list *libcni.NetworkConfigList
+	if !cfg.HostNetwork {
+		if m.opt.CNI == nil {
+			return nil, fmt.Errorf("no CNI configured for a pod network: %w", errdefs.ErrFailedPrecondition)
+		}
+		if list, err = m.opt.CNI.Load(); err != nil {
+			return nil, fmt.Errorf("network not ready: %w", errdefs.Wrap(errdefs.ErrFailedPrecondition, err))
+		}
+		p.Net = &cnirun.Attachment{ConfList: list.Bytes}
 	}
 	if err := m.store.put(podBucket, p.ID, p); err != nil {
 		return nil, err
 	}
+	u.add(func(context.Context) error { return m.store.delete(podBucket, p.ID) })
+
+	t = time.Now()
 	if _, err := netns.Pin(nsDir, kinds, p.hostname()); err != nil {
 		return nil, err
 	}
@@ -358,12 +372,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		}
 		u.add(func(context.Context) error { return rootfs.Unmount(p.Shm) })
 	}
-	if cfg.SharePID && !cfg.HostPID {
-		pidPath := filepath.Join(nsDir, "pid")
-		p.Namespaces[netns.PID] = pidPath
-		if err := m.store.put(podBucket, p.ID, p); err != nil {
-			return nil, err
-		}
+	if pidPath, ok := p.Namespaces[netns.PID]; ok {
 		pid, err := m.startPodInit(pidPath)
 		if err != nil {
 			return nil, err
@@ -384,17 +393,6 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 
 	if !cfg.HostNetwork {
 		t = time.Now()
-		if m.opt.CNI == nil {
-			return nil, fmt.Errorf("no CNI configured for a pod network: %w", errdefs.ErrFailedPrecondition)
-		}
-		list, err := m.opt.CNI.Load()
-		if err != nil {
-			return nil, fmt.Errorf("network not ready: %w", errdefs.Wrap(errdefs.ErrFailedPrecondition, err))
-		}
-		p.Net = &cnirun.Attachment{ConfList: list.Bytes}
-		if err := m.store.put(podBucket, p.ID, p); err != nil {
-			return nil, err
-		}
 		cp := m.cniPod(p)
 		att, err := m.opt.CNI.Add(ctx, list, cp)
 		if err != nil {
