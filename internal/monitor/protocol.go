@@ -30,8 +30,10 @@ const ExitFile = "exit.json"
 
 // Request is one call to the monitor.
 type Request struct {
-	Op string `json:"op"` // create, wait, state, reopen, forget, ping
+	Op string `json:"op"` // create, wait, state, kill, reopen, forget, ping
 	ID string `json:"id,omitempty"`
+	// Signal is kill's signal number.
+	Signal int `json:"signal,omitempty"`
 	// For create.
 	Bundle      string   `json:"bundle,omitempty"`
 	Runtime     string   `json:"runtime,omitempty"`

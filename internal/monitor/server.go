@@ -38,12 +38,15 @@ type Server struct {
 type container struct {
 	id, bundle, oomFile string
 	pid                 int
-	oomBase             int64
-	logMu               sync.Mutex
-	logPath             string
-	log                 *os.File
-	done                chan struct{} // closed once exit is set
-	exit                Exit
+	// pidfd refers to the init process itself: a signal through it can
+	// never reach a process that reused the PID after the init was reaped.
+	pidfd   int
+	oomBase int64
+	logMu   sync.Mutex
+	logPath string
+	log     *os.File
+	done    chan struct{} // closed once exit is set
+	exit    Exit
 }
 
 // Serve runs a monitor on the socket at path until ctx ends. ready, if
@@ -161,6 +164,23 @@ func (s *Server) handle(conn net.Conn) {
 				rep.Running = true
 			}
 		}
+	case "kill":
+		// Signals the container's init directly: no OCI runtime exec on
+		// the stop path. Killing the init of a PID namespace ends all of it.
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		switch {
+		case c == nil:
+			err = fmt.Errorf("container %s: not monitored", req.ID)
+		case c.pidfd < 0:
+			rep.Known = true // already exited
+		default:
+			rep.Known, rep.Running = true, true
+			if kerr := unix.PidfdSendSignal(c.pidfd, unix.Signal(req.Signal), nil, 0); kerr != nil && kerr != unix.ESRCH {
+				err = fmt.Errorf("signal %s: %w", req.ID, kerr)
+			}
+		}
+		s.mu.Unlock()
 	case "reopen":
 		s.mu.Lock()
 		c := s.containers[req.ID]
@@ -204,7 +224,7 @@ func (s *Server) create(req Request) (int, error) {
 		return 0, fmt.Errorf("container %s: already monitored", req.ID)
 	}
 	s.mu.Unlock()
-	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{})}
+	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1}
 	if err := c.reopen(); err != nil {
 		return 0, err
 	}
@@ -276,6 +296,10 @@ func (s *Server) create(req Request) (int, error) {
 		return 0, fmt.Errorf("%s create: bad pid file %q", req.Runtime, b)
 	}
 	c.oomBase = oomKills(c.oomFile)
+	// Opened before the init can be reaped (only this process reaps it).
+	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
+		c.pidfd = fd
+	}
 	initCh := s.watch(c.pid)
 	s.mu.Lock()
 	s.containers[req.ID] = c
@@ -307,7 +331,13 @@ func (s *Server) create(req Request) (int, error) {
 		case <-time.After(2 * time.Second):
 		}
 		writeExit(c.bundle, e)
+		s.mu.Lock()
 		c.exit = e
+		if c.pidfd >= 0 {
+			unix.Close(c.pidfd)
+			c.pidfd = -1
+		}
+		s.mu.Unlock()
 		close(c.done)
 	}()
 	return c.pid, nil

@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/errdefs"
 	"github.com/tripod-dev/tripod/internal/monitor"
@@ -440,7 +442,7 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 		if sig == "" {
 			sig = "SIGTERM"
 		}
-		if err := m.runtime(ctx, c, "kill", c.ID, sig); err == nil {
+		if err := m.signal(ctx, c, sig, false); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
 			err := m.wait(wctx, c)
 			cancel()
@@ -452,11 +454,40 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 			}
 		}
 	}
-	if err := m.runtime(ctx, c, "kill", "--all", c.ID, "SIGKILL"); err != nil {
+	if err := m.signal(ctx, c, "SIGKILL", true); err != nil {
 		// Already gone: the exit is on its way.
 		m.log.Debug("kill", "container", c.ID, "err", err)
 	}
 	return m.wait(ctx, c)
+}
+
+// signal sends sig to the container's init through the monitor (no OCI
+// runtime exec: it is on every stop's path); all, for a container without
+// a PID namespace of its own, goes through the runtime to reach every
+// process.
+func (m *Manager) signal(ctx context.Context, c *Container, sig string, all bool) error {
+	m.mu.Lock()
+	p := m.pods[c.PodID]
+	ownPID := p != nil && !p.HostPID && !p.SharePID
+	m.mu.Unlock()
+	name := strings.ToUpper(sig)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	num := unix.SignalNum(name)
+	if n, err := strconv.Atoi(sig); err == nil {
+		num = unix.Signal(n)
+	}
+	if num != 0 && (ownPID || !all) {
+		if _, err := m.monitor().Call(ctx, monitor.Request{Op: "kill", ID: c.ID, Signal: int(num)}); err == nil {
+			return nil
+		}
+	}
+	args := []string{"kill"}
+	if all {
+		args = append(args, "--all")
+	}
+	return m.runtime(ctx, c, append(args, c.ID, sig)...)
 }
 
 // wait blocks until the monitor reports c's exit, then records it.
