@@ -411,3 +411,22 @@ func TestRunPodTimeout(t *testing.T) {
 		t.Fatalf("%d pod mounts, want the 4 of one pod (net, uts, ipc, shm)", n)
 	}
 }
+
+// TestStopSignalBeforeHandler: a stop signal that reaches a container's
+// init before it has set up its handler is dropped by the kernel (it is
+// PID 1 of its namespace); tripodd sends it again once the handler is
+// there, so the container still ends gracefully (code 0, not 137).
+func TestStopSignalBeforeHandler(t *testing.T) {
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	pod := e.runPod("late")
+	c := e.create(pod, "c", "sh", "-c", "sleep 2; trap 'echo graceful; exit 0' TERM; while :; do sleep 0.1; done")
+	e.start(c)
+	if _, err := e.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 30}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(c); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 {
+		t.Fatalf("stopped: %v code %d, want a graceful exit 0", st.State, st.ExitCode)
+	}
+	waitFor(t, filepath.Join(e.logDir, "late", "c.log"), "stdout F graceful")
+}

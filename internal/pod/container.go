@@ -442,8 +442,12 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 		if sig == "" {
 			sig = "SIGTERM"
 		}
+		caught := catches(c.Pid, sig)
 		if err := m.signal(ctx, c, sig, false); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
+			if !caught {
+				go m.resendWhenCaught(wctx, c, sig)
+			}
 			err := m.wait(wctx, c)
 			cancel()
 			if err == nil {
@@ -461,6 +465,58 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	return m.wait(ctx, c)
 }
 
+// catches reports whether process pid has a handler for sig. The kernel
+// drops a signal without one sent to the init of a PID namespace, so a
+// stop signal that arrives before a just-started init has set up its
+// handler is lost.
+func catches(pid int, sig string) bool {
+	num := signalNum(sig)
+	if pid <= 0 || num <= 0 {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || mask&(1<<(num-1)) != 0
+		}
+	}
+	return true
+}
+
+// resendWhenCaught sends sig once more as soon as the container's init
+// catches it (it was starting when the first one was dropped), until ctx
+// ends. Only the monitor signals, through its pidfd: never a reused PID.
+func (m *Manager) resendWhenCaught(ctx context.Context, c *Container, sig string) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if catches(c.Pid, sig) {
+				m.signal(ctx, c, sig, false)
+				return
+			}
+		}
+	}
+}
+
+func signalNum(sig string) int {
+	if n, err := strconv.Atoi(sig); err == nil {
+		return n
+	}
+	name := strings.ToUpper(sig)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	return int(unix.SignalNum(name))
+}
+
 // signal sends sig to the container's init through the monitor (no OCI
 // runtime exec: it is on every stop's path); all, for a container without
 // a PID namespace of its own, goes through the runtime to reach every
@@ -470,16 +526,9 @@ func (m *Manager) signal(ctx context.Context, c *Container, sig string, all bool
 	p := m.pods[c.PodID]
 	ownPID := p != nil && !p.HostPID && !p.SharePID
 	m.mu.Unlock()
-	name := strings.ToUpper(sig)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	num := unix.SignalNum(name)
-	if n, err := strconv.Atoi(sig); err == nil {
-		num = unix.Signal(n)
-	}
-	if num != 0 && (ownPID || !all) {
-		if _, err := m.monitor().Call(ctx, monitor.Request{Op: "kill", ID: c.ID, Signal: int(num)}); err == nil {
+	num := signalNum(sig)
+	if num > 0 && (ownPID || !all) {
+		if _, err := m.monitor().Call(ctx, monitor.Request{Op: "kill", ID: c.ID, Signal: num}); err == nil {
 			return nil
 		}
 	}
