@@ -13,7 +13,7 @@ export PATH := $(TOOLS):$(PATH)
 # Debian packages the tests use: ping and ip (connectivity), dnsmasq (the
 # DHCP server the dhcp plugin is tested against), QEMU with Debian's kernel
 # and busybox (macvlan/ipvlan/vlan, which this host's kernel lacks).
-APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod
+APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils kmod runc
 # tripod-csi formats and grows volumes with these (mkfs.ext4/resize2fs,
 # mkfs.xfs/xfs_growfs).
 APT_PACKAGES += e2fsprogs xfsprogs util-linux
@@ -23,11 +23,13 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CNITOOL := github.com/containernetworking/cni/cnitool@v1.3.1
 CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 CSI_SANITY := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0
+# critest is a test binary: built with `go test -c` inside the module.
+CRITOOLS_MOD := sigs.k8s.io/cri-tools@v1.37.0
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi up install-cni clean
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi bench-cri up install-cni clean
 
 all: build
 
@@ -38,6 +40,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/tripod-dev/tripod/internal/daemon.Version=$(VERSION)' -o $(BIN)/tripodd ./cmd/tripodd
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/tripod-csi ./cmd/tripod-csi
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod-monitor ./cmd/tripod-monitor
 
 deps: apt-deps go-tools
 
@@ -49,7 +52,7 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/csi-sanity
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/csi-sanity $(TOOLS)/critest
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
@@ -61,6 +64,11 @@ $(TOOLS)/crictl:
 	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
 $(TOOLS)/csi-sanity:
 	GOBIN=$(TOOLS) $(GO) install $(CSI_SANITY)
+
+$(TOOLS)/critest:
+	@mkdir -p $(TOOLS)
+	cd "$$($(GO) mod download -json $(CRITOOLS_MOD) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')" && \
+		$(GO) test -c -o $(TOOLS)/critest ./cmd/critest
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
@@ -84,7 +92,7 @@ test: deps build lint test-go
 test-go:
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni bench-images bench-csi
+bench: bench-cni bench-images bench-csi bench-cri
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
@@ -98,6 +106,12 @@ bench-images: deps build
 # tripod-csi latencies (p50/p99 per call) and RSS, against the built binary.
 bench-csi: deps build
 	TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) run ./bench/csi
+
+# Pod start, stop and memory per pod, tripodd vs Debian's containerd 1.6
+# (its CRI plugin with the reference CNI plugins). Needs root.
+bench-cri: deps build bench-deps
+	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
+	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cri
 
 # The main job: install the CNI plugins into /opt/cni/bin, then run
 # tripod-csi and tripodd on their embedded defaults until Ctrl-C (CRI

@@ -1,6 +1,6 @@
-// tripodd is tripod's CRI daemon. This build serves the CRI ImageService.
+// tripodd is tripod's CRI daemon. It serves the CRI ImageService and RuntimeService.
 //
-//	tripodd [--config FILE] [--root DIR] [--state DIR] [--listen unix:///path.sock] [--registry-hosts-dir DIR]
+//	tripodd [--config FILE] [--root DIR] [--state DIR] [--listen unix:///path.sock] [--registry-hosts-dir DIR] [--cni-conf-dir DIR] [--cni-bin-dir DIR]
 //	tripodd config default     print the full default configuration
 //	tripodd config check       validate the configuration (with the flags applied) and print it
 //	tripodd version
@@ -33,6 +33,8 @@ func run(args []string) error {
 	state := fs.String("state", "", "volatile state directory (overrides the file's state)")
 	listen := fs.String("listen", "", "CRI endpoint, unix:///path.sock (overrides the file's listen)")
 	hosts := fs.String("registry-hosts-dir", "", "directory of <registry>/hosts.toml files (overrides image.registry_hosts_dir)")
+	cniConf := fs.String("cni-conf-dir", "", "CNI configuration directory (overrides runtime.cni_conf_dir)")
+	cniBin := fs.String("cni-bin-dir", "", "CNI plugin directories, ':'-separated (overrides runtime.cni_bin_dir)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,7 +65,8 @@ func run(args []string) error {
 	for _, o := range []struct {
 		flag string
 		dst  *string
-	}{{*root, &cfg.Root}, {*state, &cfg.State}, {*listen, &cfg.Listen}, {*hosts, &cfg.Image.RegistryHostsDir}} {
+	}{{*root, &cfg.Root}, {*state, &cfg.State}, {*listen, &cfg.Listen}, {*hosts, &cfg.Image.RegistryHostsDir},
+		{*cniConf, &cfg.Runtime.CNIConfDir}, {*cniBin, &cfg.Runtime.CNIBinDir}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/tripod-dev/tripod/internal/cni/cnitest"
 	"github.com/tripod-dev/tripod/internal/config"
 )
 
@@ -38,7 +39,14 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	code := m.Run()
+	// tripodd starts tripod-monitor from beside its own binary.
+	out, err = exec.Command("go", "build", "-o", filepath.Join(dir, "tripod-monitor"), "../tripod-monitor").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build tripod-monitor: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := cnitest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -90,11 +98,22 @@ type daemonProc struct {
 // killed (by its PID) when the test ends, if still running.
 func startDaemon(t *testing.T, n node, extra ...string) *daemonProc {
 	t.Helper()
+	return startDaemonEnv(t, n, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with more environment variables.
+func startDaemonEnv(t *testing.T, n node, env []string, extra ...string) *daemonProc {
+	t.Helper()
 	args := append([]string{"--config", filepath.Join(n.state, "none.toml"), "--root", n.root, "--state", n.state,
 		"--listen", "unix://" + n.sock, "--registry-hosts-dir", n.hosts}, extra...)
-	os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
+	if _, err := os.Stat(filepath.Join(n.state, "none.toml")); err != nil {
+		os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
+	}
 	p := &daemonProc{cmd: exec.Command(tripodd, args...), log: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,24 @@ type Config struct {
 	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only)"`
 
 	Image   Image   `toml:"image"`
+	Runtime Runtime `toml:"runtime"`
 	Metrics Metrics `toml:"metrics"`
+}
+
+// Runtime configures the runtime service (pods and containers).
+type Runtime struct {
+	CNIConfDir     string             `toml:"cni_conf_dir" comment:"CNI network configurations; the first file by name is used"`
+	CNIBinDir      string             `toml:"cni_bin_dir" comment:"CNI plugin binaries (several directories separated by ':')"`
+	CgroupDriver   string             `toml:"cgroup_driver" comment:"cgroupfs or systemd; must match kubelet's"`
+	CgroupParent   string             `toml:"cgroup_parent" comment:"cgroup parent of containers whose pod names none (cgroupfs path or systemd slice)"`
+	DefaultHandler string             `toml:"default_handler" comment:"runtime handler for pods that name none"`
+	Handlers       map[string]Handler `toml:"handlers" comment:"OCI runtimes by RuntimeClass handler name, e.g. [runtime.handlers.crun] path = \"crun\""`
+	MonitorPath    string             `toml:"monitor_path" comment:"tripod-monitor binary; empty means beside tripodd"`
+}
+
+// Handler is one OCI runtime.
+type Handler struct {
+	Path string `toml:"path" comment:"binary name (looked up in PATH) or absolute path"`
 }
 
 // Image configures the image service.
@@ -74,6 +91,14 @@ func Default() Config {
 			PinnedImages:           []string{},
 			MaxConcurrentDownloads: 4,
 			Auths:                  map[string]Auth{},
+		},
+		Runtime: Runtime{
+			CNIConfDir:     "/etc/cni/net.d",
+			CNIBinDir:      "/opt/cni/bin",
+			CgroupDriver:   "cgroupfs",
+			CgroupParent:   "/tripod",
+			DefaultHandler: "runc",
+			Handlers:       map[string]Handler{"runc": {Path: "runc"}},
 		},
 	}
 }
@@ -146,6 +171,24 @@ func (c *Config) Validate() error {
 		if a.Auth == "" && a.Username == "" && a.IdentityToken == "" && a.RegistryToken == "" {
 			bad("image.auths."+host, "no credentials given")
 		}
+	}
+	for _, f := range []struct{ name, v string }{{"runtime.cni_conf_dir", c.Runtime.CNIConfDir}, {"runtime.cni_bin_dir", c.Runtime.CNIBinDir}} {
+		for _, d := range filepath.SplitList(f.v) {
+			if !filepath.IsAbs(d) {
+				bad(f.name, "must be absolute paths, got %q", d)
+			}
+		}
+	}
+	if d := c.Runtime.CgroupDriver; d != "cgroupfs" && d != "systemd" {
+		bad("runtime.cgroup_driver", "want cgroupfs or systemd, got %q", d)
+	}
+	for name, h := range c.Runtime.Handlers {
+		if name == "" || h.Path == "" {
+			bad("runtime.handlers", "handler %q needs a path", name)
+		}
+	}
+	if _, ok := c.Runtime.Handlers[c.Runtime.DefaultHandler]; !ok && c.Runtime.DefaultHandler != "runc" {
+		bad("runtime.default_handler", "%q is not among runtime.handlers", c.Runtime.DefaultHandler)
 	}
 	if a := c.Metrics.Address; a != "" {
 		if err := loopbackHostPort(a); err != nil {

@@ -11,17 +11,21 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/adminapi"
+	"github.com/tripod-dev/tripod/internal/cnirun"
 	"github.com/tripod-dev/tripod/internal/config"
 	"github.com/tripod-dev/tripod/internal/cri/server"
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/image/pull"
 	"github.com/tripod-dev/tripod/internal/metrics"
+	"github.com/tripod-dev/tripod/internal/pod"
 )
 
 // Version is set at build time.
@@ -32,6 +36,7 @@ type Daemon struct {
 	cfg     config.Config
 	log     *slog.Logger
 	Images  *image.Service
+	Pods    *pod.Manager
 	Metrics *metrics.Registry
 	grpc    *grpc.Server
 	lis     net.Listener
@@ -70,7 +75,29 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	if cfg.Image.PauseImage != "" {
 		pinned = append(pinned, cfg.Image.PauseImage)
 	}
+	handlers := map[string]pod.Handler{}
+	for name, h := range cfg.Runtime.Handlers {
+		handlers[name] = pod.Handler{Path: h.Path}
+	}
+	// The runtime's metadata loads first: the image store's start-up
+	// repair asks it which layers containers use.
 	var err error
+	d.Pods, err = pod.New(pod.Options{
+		Root:           filepath.Join(cfg.Root, "runtime"),
+		State:          filepath.Join(cfg.State, "runtime"),
+		CNI:            cnirun.New(cfg.Runtime.CNIConfDir, filepath.SplitList(cfg.Runtime.CNIBinDir), filepath.Join(cfg.Root, "cni-cache")),
+		Handlers:       handlers,
+		DefaultHandler: cfg.Runtime.DefaultHandler,
+		CgroupDriver:   cfg.Runtime.CgroupDriver,
+		CgroupParent:   cfg.Runtime.CgroupParent,
+		MonitorPath:    cfg.Runtime.MonitorPath,
+		Logger:         log,
+		Metrics:        d.Metrics,
+		CrashAt:        os.Getenv("TRIPOD_CRASH_AT"),
+	})
+	if err != nil {
+		return nil, err
+	}
 	d.Images, err = image.New(ctx, image.Options{
 		Root:             ImageRoot(cfg.Root),
 		ContainerDir:     filepath.Join(cfg.Root, "containers"),
@@ -83,9 +110,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		UserAgent:        "tripodd/" + Version,
 		Logger:           log,
 		Metrics:          d.Metrics,
+		LayersInUse:      d.Pods.LayersInUse,
 	})
 	if err != nil {
+		d.Pods.Close()
 		return nil, err
+	}
+	if err := d.Pods.Recover(ctx, d.Images); err != nil {
+		d.Pods.Close()
+		d.Images.Close()
+		return nil, fmt.Errorf("runtime recovery: %w", err)
 	}
 	d.lis, err = listen(cfg.Listen)
 	if err != nil {
@@ -93,19 +127,22 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		return nil, err
 	}
 	d.Addr = d.lis.Addr().String()
-	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20))
+	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20), grpc.UnaryInterceptor(rpcMetrics(d.Metrics)))
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
+	runtimeapi.RegisterRuntimeServiceServer(d.grpc, server.NewRuntimeServer(d.Pods, Version))
 
 	adminPath := filepath.Join(cfg.State, adminapi.Socket)
 	if d.adminL, err = listen("unix://" + adminPath); err != nil {
 		d.lis.Close()
 		d.Images.Close()
+		d.Pods.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	if err := os.Chmod(adminPath, 0o600); err != nil {
 		d.adminL.Close()
 		d.lis.Close()
 		d.Images.Close()
+		d.Pods.Close()
 		return nil, err
 	}
 	d.admin = &http.Server{Handler: adminHandler(d.Images), ReadHeaderTimeout: 10 * time.Second}
@@ -117,6 +154,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 			d.admin.Close()
 			d.lis.Close()
 			d.Images.Close()
+			d.Pods.Close()
 			return nil, fmt.Errorf("metrics listener: %w", err)
 		}
 		d.MetricsAddr = ml.Addr().String()
@@ -186,5 +224,23 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if cerr := d.Images.Close(); err == nil {
 		err = cerr
 	}
+	if cerr := d.Pods.Close(); err == nil {
+		err = cerr
+	}
 	return err
+}
+
+// rpcMetrics counts every CRI call by method and status code, and the time
+// spent in each method.
+func rpcMetrics(reg *metrics.Registry) grpc.UnaryServerInterceptor {
+	calls := reg.Counter("tripod_cri_requests_total", "CRI calls by method and gRPC status code.", "method", "code")
+	secs := reg.Counter("tripod_cri_request_seconds_total", "Time spent answering CRI calls, by method.", "method")
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		t := time.Now()
+		resp, err := handler(ctx, req)
+		method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+		calls.Inc(method, status.Code(err).String())
+		secs.Add(time.Since(t).Seconds(), method)
+		return resp, err
+	}
 }

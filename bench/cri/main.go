@@ -1,0 +1,482 @@
+// Command cri benchmarks tripodd's runtime service against containerd's
+// CRI plugin (Debian's containerd 1.6 with its runc shim), each on its own
+// root, socket and bridge network (tripod's CNI plugins for tripodd, the
+// reference plugins for containerd), the same busybox image from the same
+// registry on 127.0.0.1. It reports pod start (RunPodSandbox with network +
+// CreateContainer + StartContainer) for sequential and concurrent pods,
+// StopPodSandbox, the memory each runtime adds per running pod (RSS and PSS
+// of its monitors/shims and pause processes at 20 pods) and the daemons'
+// RSS, with tripod/containerd ratios.
+//
+//	TRIPODD=bin/tripodd TRIPOD_CNI_BIN=bin/cni TRIPOD_REFERENCE_BIN=.tools/bin/reference go run ./bench/cri
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/tripod-dev/tripod/internal/image/imagetest"
+)
+
+func main() {
+	seq := flag.Int("seq", 50, "sequential pods")
+	conc := flag.Int("concurrent", 10, "concurrent pods")
+	held := flag.Int("held", 20, "running pods for the memory figures")
+	flag.Parse()
+	if err := run(*seq, *conc, *held); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-cri:", err)
+		os.Exit(1)
+	}
+}
+
+type results struct {
+	name                     string
+	seq, conc, stop          []time.Duration
+	daemonIdleKB, daemonKB   int64
+	perPodRSSKB, perPodPSSKB float64
+	helperRSSKB, helperPSSKB int64
+}
+
+func run(seq, conc, held int) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root")
+	}
+	// Both runtimes' bridge plugins (isGateway) turn on forwarding: put
+	// the host's setting back afterwards.
+	const fwd = "/proc/sys/net/ipv4/ip_forward"
+	if b, err := os.ReadFile(fwd); err == nil {
+		defer os.WriteFile(fwd, b, 0o644)
+	}
+	reg, err := imagetest.Serve(imagetest.Options{})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if err := pushImages(reg); err != nil {
+		return err
+	}
+	var all []results
+	r, err := bench("tripod", startTripod, reg.Host, seq, conc, held)
+	if err != nil {
+		return fmt.Errorf("tripod: %w", err)
+	}
+	all = append(all, r)
+	if _, err := exec.LookPath("containerd"); err == nil {
+		r, err := bench("containerd", startContainerd, reg.Host, seq, conc, held)
+		if err != nil {
+			return fmt.Errorf("containerd: %w", err)
+		}
+		all = append(all, r)
+	} else {
+		fmt.Println("containerd not installed: tripod column only")
+	}
+	report(all, seq, conc, held)
+	return nil
+}
+
+func pushImages(reg *imagetest.Registry) error {
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("busybox-static: %w", err)
+	}
+	es := []imagetest.Entry{{Name: "bin/", Type: '5'}, {Name: "bin/busybox", Body: string(bb), Mode: 0o755},
+		{Name: "bin/sh", Type: '2', Linkname: "busybox"}, {Name: "bin/sleep", Type: '2', Linkname: "busybox"}}
+	img := imagetest.Image(runtime.GOARCH, "", imagetest.Layer(es...))
+	if _, err := reg.PushImage("bench/busybox:1", img); err != nil {
+		return err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.Config.Entrypoint, cf.Config.Cmd = []string{"/bin/sleep", "infinity"}, nil
+	pause, err := mutate.ConfigFile(img, cf)
+	if err != nil {
+		return err
+	}
+	_, err = reg.PushImage("bench/pause:3.10", v1.Image(pause))
+	return err
+}
+
+// daemon is a runtime under test.
+type daemon struct {
+	cmd  *exec.Cmd
+	sock string
+	dir  string
+	stop func()
+}
+
+func conflist(name, bridge, subnet, dataDir string) string {
+	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"%s","plugins":[
+ {"type":"bridge","bridge":"%s","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"dataDir":"%s"}},
+ {"type":"portmap","capabilities":{"portMappings":true}}]}`, name, bridge, subnet, dataDir)
+}
+
+func startTripod(dir, regHost string) (*daemon, error) {
+	bin := envOr("TRIPODD", "bin/tripodd")
+	cniBin, _ := filepath.Abs(envOr("TRIPOD_CNI_BIN", "bin/cni"))
+	conf := filepath.Join(dir, "cni-conf")
+	os.MkdirAll(conf, 0o755)
+	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("tpbench", "tpbenchbr0", "10.231.0.0/16", filepath.Join(dir, "ipam"))), 0o644)
+	os.WriteFile(filepath.Join(dir, "tripod.toml"), []byte("[runtime]\ncgroup_parent = \"/tpbench\"\n"), 0o644)
+	sock := filepath.Join(dir, "tripod.sock")
+	cmd := exec.Command(bin, "--config", filepath.Join(dir, "tripod.toml"), "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"),
+		"--listen", "unix://"+sock, "--cni-conf-dir", conf, "--cni-bin-dir", cniBin, "--log-level", "warn")
+	d := &daemon{cmd: cmd, sock: sock, dir: dir}
+	d.stop = func() {
+		if b, err := os.ReadFile(filepath.Join(dir, "state", "runtime", "monitor.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		exec.Command("ip", "link", "del", "tpbenchbr0").Run()
+	}
+	return d, start(d)
+}
+
+func startContainerd(dir, regHost string) (*daemon, error) {
+	ref, _ := filepath.Abs(envOr("TRIPOD_REFERENCE_BIN", ".tools/bin/reference"))
+	conf := filepath.Join(dir, "cni-conf")
+	os.MkdirAll(conf, 0o755)
+	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("ctdbench", "tpctdbr0", "10.232.0.0/16", filepath.Join(dir, "ipam"))), 0o644)
+	certs := filepath.Join(dir, "certs.d", regHost)
+	os.MkdirAll(certs, 0o755)
+	os.WriteFile(filepath.Join(certs, "hosts.toml"), fmt.Appendf(nil, "server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", regHost, regHost), 0o644)
+	sock := filepath.Join(dir, "containerd.sock")
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "%s/bench/pause:3.10"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", regHost, filepath.Join(dir, "certs.d"), ref, conf)
+	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644)
+	d := &daemon{cmd: exec.Command("containerd", "--config", filepath.Join(dir, "config.toml")), sock: sock, dir: dir}
+	d.stop = func() { exec.Command("ip", "link", "del", "tpctdbr0").Run() }
+	return d, start(d)
+}
+
+func start(d *daemon) error {
+	logf, err := os.Create(filepath.Join(d.dir, "daemon.log"))
+	if err != nil {
+		return err
+	}
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		return err
+	}
+	for range 300 {
+		if _, err := os.Stat(d.sock); err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not create its socket", d.cmd.Path)
+}
+
+func bench(name string, startFn func(dir, regHost string) (*daemon, error), regHost string, seq, conc, held int) (results, error) {
+	res := results{name: name}
+	dir, err := os.MkdirTemp("", "tpbench-"+name)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	d, err := startFn(dir, regHost)
+	if d != nil {
+		defer func() {
+			d.cmd.Process.Signal(syscall.SIGKILL)
+			d.cmd.Wait()
+			d.stop()
+			unmountUnder(dir)
+			removeCgroups("tpbench")
+		}()
+	}
+	if err != nil {
+		return res, err
+	}
+	conn, err := grpc.NewClient("unix://"+d.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close()
+	rt, ic := runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	ctx := context.Background()
+	image := regHost + "/bench/busybox:1"
+	if _, err := ic.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image}}); err != nil {
+		return res, err
+	}
+	logDir := filepath.Join(dir, "logs")
+	n := 0
+	startPod := func() (string, time.Duration, error) {
+		n++
+		name := fmt.Sprintf("bench-%d-%d", n, time.Now().UnixNano())
+		pc := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Uid: name, Namespace: "bench"},
+			LogDirectory: filepath.Join(logDir, name), Linux: &runtimeapi.LinuxPodSandboxConfig{CgroupParent: "/tpbench"}}
+		t0 := time.Now()
+		p, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pc})
+		if err != nil {
+			return "", 0, err
+		}
+		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.PodSandboxId, SandboxConfig: pc,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: image},
+				Command: []string{"/bin/sleep", "3600"}, LogPath: "c.log"}})
+		if err != nil {
+			return p.PodSandboxId, 0, err
+		}
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+			return p.PodSandboxId, 0, err
+		}
+		return p.PodSandboxId, time.Since(t0), nil
+	}
+	removeAll := func(pods []string, timeStop bool) error {
+		for _, p := range pods {
+			t0 := time.Now()
+			if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p}); err != nil {
+				return err
+			}
+			if timeStop {
+				res.stop = append(res.stop, time.Since(t0))
+			}
+			if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Warm-up: the first pod pays for the first CNI plugin execs and,
+	// for containerd, the pause image pull.
+	p, _, err := startPod()
+	if err != nil {
+		return res, fmt.Errorf("warm-up pod: %w", err)
+	}
+	removeAll([]string{p}, false)
+	time.Sleep(time.Second)
+	res.daemonIdleKB = rss(d.cmd.Process.Pid)
+	base := helperMemory(name, d.cmd.Process.Pid)
+
+	var pods []string
+	for range seq {
+		p, dt, err := startPod()
+		if p != "" {
+			pods = append(pods, p)
+		}
+		if err != nil {
+			return res, err
+		}
+		res.seq = append(res.seq, dt)
+		if len(pods) == held {
+			time.Sleep(time.Second)
+			res.daemonKB = rss(d.cmd.Process.Pid)
+			m := helperMemory(name, d.cmd.Process.Pid)
+			res.perPodRSSKB = float64(m.rss-base.rss) / float64(held)
+			res.perPodPSSKB = float64(m.pss-base.pss) / float64(held)
+			res.helperRSSKB, res.helperPSSKB = m.rss, m.pss
+		}
+	}
+	if err := removeAll(pods, true); err != nil {
+		return res, err
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var errs []error
+	pods = nil
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mu.Lock()
+			n++
+			mu.Unlock()
+			p, dt, err := startPod()
+			mu.Lock()
+			defer mu.Unlock()
+			if p != "" {
+				pods = append(pods, p)
+			}
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			res.conc = append(res.conc, dt)
+		}()
+	}
+	wg.Wait()
+	if err := removeAll(pods, false); err != nil {
+		return res, err
+	}
+	if len(errs) > 0 {
+		return res, errs[0]
+	}
+	return res, nil
+}
+
+type mem struct{ rss, pss int64 }
+
+// helperMemory sums RSS and PSS of what a runtime runs besides its daemon
+// and the containers' own processes: tripod-monitor for tripod, the shims
+// and pause processes for containerd.
+func helperMemory(name string, daemonPid int) mem {
+	var m mem
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == daemonPid {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		match := false
+		switch name {
+		case "tripod":
+			match = filepath.Base(args[0]) == "tripod-monitor"
+		case "containerd":
+			match = strings.Contains(args[0], "containerd-shim") || (len(args) == 2 && args[0] == "/bin/sleep" && args[1] == "infinity")
+		}
+		if !match {
+			continue
+		}
+		r, p := smaps(pid)
+		m.rss += r
+		m.pss += p
+	}
+	return m
+}
+
+func smaps(pid int) (rss, pss int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			rss = v
+		case "Pss:":
+			pss = v
+		}
+	}
+	return rss, pss
+}
+
+func rss(pid int) int64 {
+	r, _ := smaps(pid)
+	return r
+}
+
+func unmountUnder(dir string) {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var mps []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			mps = append(mps, f[4])
+		}
+	}
+	slices.Sort(mps)
+	for i := len(mps) - 1; i >= 0; i-- {
+		syscall.Unmount(mps[i], syscall.MNT_DETACH)
+	}
+}
+
+// removeCgroups removes the (empty) cgroup parent the pods used, in every
+// hierarchy, children first.
+func removeCgroups(parent string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
+	if d, err := os.Stat(filepath.Join("/sys/fs/cgroup", parent)); err == nil && d.IsDir() {
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", parent))
+	}
+	for _, d := range dirs {
+		kids, _ := filepath.Glob(filepath.Join(d, "*", "cgroup.procs"))
+		for _, k := range kids {
+			os.Remove(filepath.Dir(k))
+		}
+		os.Remove(d)
+	}
+}
+
+func pct(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return float64(s[i].Microseconds()) / 1000
+}
+
+func report(all []results, seq, conc, held int) {
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	header := "metric"
+	for _, r := range all {
+		header += "\t" + r.name
+	}
+	if len(all) == 2 {
+		header += "\ttripod/containerd\ttarget"
+	}
+	fmt.Fprintln(tw, header)
+	row := func(label string, target string, f func(r results) float64, unit string) {
+		line := label
+		for _, r := range all {
+			line += fmt.Sprintf("\t%.1f %s", f(r), unit)
+		}
+		if len(all) == 2 && f(all[1]) != 0 {
+			line += fmt.Sprintf("\t%.2f\t%s", f(all[0])/f(all[1]), target)
+		}
+		fmt.Fprintln(tw, line)
+	}
+	row(fmt.Sprintf("pod start p50 (%d sequential)", seq), "≤ 0.5", func(r results) float64 { return pct(r.seq, .5) }, "ms")
+	row(fmt.Sprintf("pod start p99 (%d sequential)", seq), "", func(r results) float64 { return pct(r.seq, .99) }, "ms")
+	row(fmt.Sprintf("pod start p50 (%d concurrent)", conc), "", func(r results) float64 { return pct(r.conc, .5) }, "ms")
+	row(fmt.Sprintf("pod start p99 (%d concurrent)", conc), "", func(r results) float64 { return pct(r.conc, .99) }, "ms")
+	row("StopPodSandbox p50", "≤ 0.3", func(r results) float64 { return pct(r.stop, .5) }, "ms")
+	row(fmt.Sprintf("RSS added per pod (%d pods)", held), "≤ 1536 kB", func(r results) float64 { return r.perPodRSSKB }, "kB")
+	row(fmt.Sprintf("PSS added per pod (%d pods)", held), "≤ 1024 kB", func(r results) float64 { return r.perPodPSSKB }, "kB")
+	row(fmt.Sprintf("monitors/shims+pause RSS total (%d pods)", held), "", func(r results) float64 { return float64(r.helperRSSKB) / 1024 }, "MB")
+	row(fmt.Sprintf("monitors/shims+pause PSS total (%d pods)", held), "", func(r results) float64 { return float64(r.helperPSSKB) / 1024 }, "MB")
+	row("daemon RSS idle", "", func(r results) float64 { return float64(r.daemonIdleKB) / 1024 }, "MB")
+	row(fmt.Sprintf("daemon RSS at %d pods", held), "≤ 0.5", func(r results) float64 { return float64(r.daemonKB) / 1024 }, "MB")
+	tw.Flush()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,480 @@
+package monitor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxLine is the longest log line written in one entry; longer lines are
+// split into partial (P) entries, as kubelet expects.
+const maxLine = 16 << 10
+
+// Server is a running monitor.
+type Server struct {
+	mu         sync.Mutex
+	containers map[string]*container
+	// byPid routes reaped statuses; unclaimed keeps those reaped before
+	// anyone registered the pid (a runtime that exits very fast).
+	byPid     map[int]chan unix.WaitStatus
+	unclaimed map[int]unix.WaitStatus
+}
+
+type container struct {
+	id, bundle, oomFile string
+	pid                 int
+	// pidfd refers to the init process itself: a signal through it can
+	// never reach a process that reused the PID after the init was reaped.
+	pidfd   int
+	oomBase int64
+	logMu   sync.Mutex
+	logPath string
+	log     *os.File
+	done    chan struct{} // closed once exit is set
+	exit    Exit
+}
+
+// Serve runs a monitor on the socket at path until ctx ends. ready, if
+// not nil, is written to and closed once the socket accepts calls.
+func Serve(ctx context.Context, path string, ready io.WriteCloser) error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become child subreaper: %w", err)
+	}
+	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{}}
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGCHLD)
+	go s.reap(sigc)
+
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("monitor socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	context.AfterFunc(ctx, func() { l.Close() })
+	if ready != nil {
+		ready.Write([]byte("ok\n"))
+		ready.Close()
+	}
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("monitor accept: %w", err)
+		}
+		go s.handle(conn)
+	}
+}
+
+func (s *Server) reap(sigc chan os.Signal) {
+	for range sigc {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+			s.mu.Lock()
+			if ch, ok := s.byPid[pid]; ok {
+				delete(s.byPid, pid)
+				ch <- ws
+			} else {
+				s.unclaimed[pid] = ws
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// watch returns a channel that receives pid's wait status.
+func (s *Server) watch(pid int) chan unix.WaitStatus {
+	ch := make(chan unix.WaitStatus, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ws, ok := s.unclaimed[pid]; ok {
+		delete(s.unclaimed, pid)
+		ch <- ws
+		return ch
+	}
+	s.byPid[pid] = ch
+	return ch
+}
+
+func (s *Server) handle(conn net.Conn) {
+	defer conn.Close()
+	var req Request
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+		return
+	}
+	var rep Reply
+	var err error
+	switch req.Op {
+	case "ping":
+	case "create":
+		rep.Pid, err = s.create(req)
+	case "wait":
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		s.mu.Unlock()
+		if c == nil {
+			err = fmt.Errorf("container %s: not monitored", req.ID)
+			break
+		}
+		// A closed connection (the caller gave up) ends the wait.
+		gone := make(chan struct{})
+		go func() { io.Copy(io.Discard, conn); close(gone) }()
+		select {
+		case <-c.done:
+			e := c.exit
+			rep.Exit = &e
+		case <-gone:
+			return
+		}
+	case "state":
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		s.mu.Unlock()
+		if c != nil {
+			rep.Known, rep.Pid = true, c.pid
+			select {
+			case <-c.done:
+				e := c.exit
+				rep.Exit = &e
+			default:
+				rep.Running = true
+			}
+		}
+	case "kill":
+		// Signals the container's init directly: no OCI runtime exec on
+		// the stop path. Killing the init of a PID namespace ends all of it.
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		switch {
+		case c == nil:
+			err = fmt.Errorf("container %s: not monitored", req.ID)
+		case c.pidfd < 0:
+			rep.Known = true // already exited
+		default:
+			rep.Known, rep.Running = true, true
+			if kerr := unix.PidfdSendSignal(c.pidfd, unix.Signal(req.Signal), nil, 0); kerr != nil && kerr != unix.ESRCH {
+				err = fmt.Errorf("signal %s: %w", req.ID, kerr)
+			}
+		}
+		s.mu.Unlock()
+	case "reopen":
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		s.mu.Unlock()
+		if c == nil {
+			err = fmt.Errorf("container %s: not monitored", req.ID)
+			break
+		}
+		err = c.reopen()
+	case "forget":
+		s.mu.Lock()
+		c := s.containers[req.ID]
+		delete(s.containers, req.ID)
+		s.mu.Unlock()
+		if c != nil {
+			c.logMu.Lock()
+			if c.log != nil {
+				c.log.Close()
+				c.log = nil
+			}
+			c.logMu.Unlock()
+		}
+	default:
+		err = fmt.Errorf("unknown op %q", req.Op)
+	}
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	json.NewEncoder(conn).Encode(rep)
+}
+
+// create runs `<runtime> create` with the container's stdout and stderr on
+// pipes this process reads, and starts watching the container's init.
+func (s *Server) create(req Request) (int, error) {
+	if req.ID == "" || req.Bundle == "" || req.Runtime == "" {
+		return 0, errors.New("create: id, bundle and runtime are required")
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[req.ID]; ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("container %s: already monitored", req.ID)
+	}
+	s.mu.Unlock()
+	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1}
+	if err := c.reopen(); err != nil {
+		return 0, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return 0, err
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, err
+	}
+	pidFile := filepath.Join(req.Bundle, "init.pid")
+	logFile := filepath.Join(req.Bundle, "runtime.log")
+	args := append([]string{req.Runtime}, req.RuntimeArgs...)
+	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile, req.ID)
+	bin := req.Runtime
+	if !strings.Contains(bin, "/") {
+		if bin, err = lookPath(bin); err != nil {
+			null.Close()
+			outR.Close()
+			outW.Close()
+			errR.Close()
+			errW.Close()
+			return 0, err
+		}
+	}
+	s.mu.Lock() // hold the reaper off until the pid is registered
+	p, err := os.StartProcess(bin, args, &os.ProcAttr{Dir: req.Bundle, Files: []*os.File{null, outW, errW}})
+	var ch chan unix.WaitStatus
+	if err == nil {
+		ch = make(chan unix.WaitStatus, 1)
+		s.byPid[p.Pid] = ch
+	}
+	s.mu.Unlock()
+	null.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		c.closeLog()
+		return 0, fmt.Errorf("start %s: %w", req.Runtime, err)
+	}
+	ws := <-ch
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		outR.Close()
+		errR.Close()
+		c.closeLog()
+		return 0, fmt.Errorf("%s create: %s: %s", req.Runtime, describe(ws), runtimeError(logFile))
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		c.closeLog()
+		return 0, fmt.Errorf("%s create: pid file: %w", req.Runtime, err)
+	}
+	c.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	if c.pid <= 0 {
+		outR.Close()
+		errR.Close()
+		c.closeLog()
+		return 0, fmt.Errorf("%s create: bad pid file %q", req.Runtime, b)
+	}
+	c.oomBase = oomKills(c.oomFile)
+	// Opened before the init can be reaped (only this process reaps it).
+	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
+		c.pidfd = fd
+	}
+	initCh := s.watch(c.pid)
+	s.mu.Lock()
+	s.containers[req.ID] = c
+	s.mu.Unlock()
+
+	var copiers sync.WaitGroup
+	copiers.Add(2)
+	go func() { defer copiers.Done(); c.copyLog(outR, "stdout") }()
+	go func() { defer copiers.Done(); c.copyLog(errR, "stderr") }()
+	go func() {
+		ws := <-initCh
+		e := Exit{Pid: c.pid, FinishedAt: time.Now().UnixNano()}
+		switch {
+		case ws.Exited():
+			e.Code = int32(ws.ExitStatus())
+		case ws.Signaled():
+			e.Signal = int(ws.Signal())
+			e.Code = 128 + int32(ws.Signal())
+		}
+		if c.oomFile != "" && oomKills(c.oomFile) > c.oomBase {
+			e.OOMKilled = true
+		}
+		// Let the log catch up with what the container wrote last,
+		// but never hang on a descendant that kept the pipe open.
+		drained := make(chan struct{})
+		go func() { copiers.Wait(); close(drained) }()
+		select {
+		case <-drained:
+		case <-time.After(2 * time.Second):
+		}
+		writeExit(c.bundle, e)
+		s.mu.Lock()
+		c.exit = e
+		if c.pidfd >= 0 {
+			unix.Close(c.pidfd)
+			c.pidfd = -1
+		}
+		s.mu.Unlock()
+		close(c.done)
+	}()
+	return c.pid, nil
+}
+
+func describe(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return "exit status " + strconv.Itoa(ws.ExitStatus())
+}
+
+// runtimeError extracts the error messages from an OCI runtime's JSON log.
+func runtimeError(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var msgs []string
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var m struct{ Level, Msg string }
+		if json.Unmarshal(line, &m) == nil && (m.Level == "error" || m.Level == "fatal") {
+			msgs = append(msgs, m.Msg)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func lookPath(name string) (string, error) {
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("runtime %q not found in PATH", name)
+}
+
+// oomKills reads the oom_kill counter of a cgroup memory file.
+func oomKills(path string) int64 {
+	if path == "" {
+		return 0
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func (c *container) reopen() error {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	if c.log != nil {
+		c.log.Close()
+		c.log = nil
+	}
+	if c.logPath == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(c.logPath), 0o755); err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	f, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("open log: %w", err)
+	}
+	c.log = f
+	return nil
+}
+
+func (c *container) closeLog() {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	if c.log != nil {
+		c.log.Close()
+		c.log = nil
+	}
+}
+
+// copyLog writes r's lines as CRI log entries until r ends.
+func (c *container) copyLog(r *os.File, stream string) {
+	defer r.Close()
+	br := bufio.NewReaderSize(r, maxLine)
+	var entry []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			tag := "F"
+			text := line
+			if line[len(line)-1] == '\n' {
+				text = line[:len(line)-1]
+			} else if err == bufio.ErrBufferFull {
+				tag = "P"
+			}
+			entry = entry[:0]
+			entry = time.Now().AppendFormat(entry, time.RFC3339Nano)
+			entry = append(entry, ' ')
+			entry = append(entry, stream...)
+			entry = append(entry, ' ')
+			entry = append(entry, tag...)
+			entry = append(entry, ' ')
+			entry = append(entry, text...)
+			entry = append(entry, '\n')
+			c.logMu.Lock()
+			if c.log != nil {
+				c.log.Write(entry)
+			}
+			c.logMu.Unlock()
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
+	}
+}
+
+// Pause is the init of a pod's shared PID namespace: it only reaps the
+// orphans reparented to it, until killed.
+func Pause() {
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGCHLD)
+	for range sigc {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+		}
+	}
+}
