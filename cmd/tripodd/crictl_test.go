@@ -23,7 +23,7 @@ func crictlPath(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("crictl not found: run `make go-tools` (installs sigs.k8s.io/cri-tools/cmd/crictl into .tools/bin)")
+	t.Fatal("crictl not found: run `make go-tools` (installs sigs.k8s.io/cri-tools/cmd/crictl into .tools/bin)")
 	return ""
 }
 
