@@ -50,7 +50,7 @@ func newLab(t *testing.T) *lab {
 	t.Helper()
 	cnitest.Root(t)
 	if _, err := os.Stat(dnsmasqBin); err != nil {
-		t.Skipf("skipped: the tests need dnsmasq as DHCP server (%s, Debian package dnsmasq-base): %v", dnsmasqBin, err)
+		t.Fatalf("the tests need dnsmasq as DHCP server (make test installs it) (%s, Debian package dnsmasq-base): %v", dnsmasqBin, err)
 	}
 	tag := cnitest.Tag(t)
 	// Registered first, so it runs last: after every namespace cleanup.
