@@ -588,15 +588,11 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if !validID('v', id) {
 		return nil, status.Errorf(codes.NotFound, "volume %q not found", id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
-		return nil, err
-	}
 	size, err := sizeFor(req.GetCapacityRange(), minSize(v.Access, v.FsType))
 	if err != nil {
 		return nil, err
@@ -677,15 +673,11 @@ func (d *Driver) ControllerModifyVolume(ctx context.Context, req *csi.Controller
 	if !validID('v', id) {
 		return nil, status.Errorf(codes.NotFound, "volume %q not found", id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
-		return nil, err
-	}
 	if v.Mutable == nil {
 		v.Mutable = map[string]string{}
 	}
@@ -747,15 +739,11 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if node != d.cfg.NodeID {
 		return nil, status.Errorf(codes.NotFound, "node %q not found: this driver serves node %q", node, d.cfg.NodeID)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
-		return nil, err
-	}
 	if access != v.Access || (fs != "" && fs != v.FsType) {
 		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
 	}
