@@ -726,10 +726,7 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if node == "" {
 		return nil, status.Error(codes.InvalidArgument, "node id is required")
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -744,8 +741,8 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 		return nil, err
 	}
 	defer unlock()
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
+	if err := capFits(v, access, fs); err != nil {
+		return nil, err
 	}
 	pctx := map[string]string{"readOnly": strconv.FormatBool(req.GetReadonly())}
 	if slices.Contains(v.PublishedNodes, node) {

@@ -122,10 +122,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := d.checkPath("staging target path", staging); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -134,8 +131,8 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer unlock()
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
+	if err := capFits(v, access, fs); err != nil {
+		return nil, err
 	}
 	if v.Staging != "" && v.Staging != staging {
 		return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s", v.ID, v.Staging)
@@ -420,10 +417,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := d.checkPath("target path", target); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -444,8 +438,8 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	defer unlock()
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
+	if err := capFits(v, access, fs); err != nil {
+		return nil, err
 	}
 	if v.Staging != staging {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", v.ID, staging)
