@@ -103,6 +103,22 @@ func (s *volumeSpec) compatible(v *state.Volume) bool {
 		sameMap(v.Params, s.params) && v.SourceSnapshot == s.srcSnap && v.SourceVolume == s.srcVol
 }
 
+// fitSource checks that a source (a snapshot or volume, named as in "snapshot
+// ID", that "holds" or "is" a volume of access and fsType) fits s, and grows
+// s.size to the source's size within the limit.
+func (s *volumeSpec) fitSource(name, verb, access, fsType string, size int64) error {
+	if access != s.access || fsType != s.fsType {
+		return status.Errorf(codes.InvalidArgument, "%s %s a %s %s volume, not %s %s", name, verb, access, fsType, s.access, s.fsType)
+	}
+	if s.size < size {
+		if s.limit > 0 && s.limit < size {
+			return status.Errorf(codes.OutOfRange, "%s needs %d bytes, limit is %d", name, size, s.limit)
+		}
+		s.size = size
+	}
+	return nil
+}
+
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if req.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "name is required")
@@ -190,28 +206,16 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 		if err != nil {
 			return nil, err
 		}
-		if snap.Access != spec.access || snap.FsType != spec.fsType {
-			return nil, status.Errorf(codes.InvalidArgument, "snapshot %s holds a %s %s volume, not %s %s", snap.ID, snap.Access, snap.FsType, spec.access, spec.fsType)
-		}
-		if spec.size < snap.Size {
-			if spec.limit > 0 && spec.limit < snap.Size {
-				return nil, status.Errorf(codes.OutOfRange, "snapshot %s needs %d bytes, limit is %d", snap.ID, snap.Size, spec.limit)
-			}
-			spec.size = snap.Size
+		if err := spec.fitSource("snapshot "+snap.ID, "holds", snap.Access, snap.FsType, snap.Size); err != nil {
+			return nil, err
 		}
 	case spec.srcVol != "":
 		srcVol, err = d.lookupVolume(spec.srcVol)
 		if err != nil {
 			return nil, err
 		}
-		if srcVol.Access != spec.access || srcVol.FsType != spec.fsType {
-			return nil, status.Errorf(codes.InvalidArgument, "volume %s is a %s %s volume, not %s %s", srcVol.ID, srcVol.Access, srcVol.FsType, spec.access, spec.fsType)
-		}
-		if spec.size < srcVol.Capacity {
-			if spec.limit > 0 && spec.limit < srcVol.Capacity {
-				return nil, status.Errorf(codes.OutOfRange, "volume %s needs %d bytes, limit is %d", srcVol.ID, srcVol.Capacity, spec.limit)
-			}
-			spec.size = srcVol.Capacity
+		if err := spec.fitSource("volume "+srcVol.ID, "is", srcVol.Access, srcVol.FsType, srcVol.Capacity); err != nil {
+			return nil, err
 		}
 	}
 
@@ -470,13 +474,18 @@ func page[T any](items []T, id func(T) string, token string, maxEntries int32) (
 	return items, next, nil
 }
 
-func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+// readyVolumes returns a page of the Ready volumes, by ID, from token.
+func (d *Driver) readyVolumes(token string, maxEntries int32) ([]*state.Volume, string, error) {
 	all, err := d.store.Volumes()
 	if err != nil {
-		return nil, internal(err, "list volumes")
+		return nil, "", internal(err, "list volumes")
 	}
 	all = slices.DeleteFunc(all, func(v *state.Volume) bool { return v.Phase != state.Ready })
-	vols, next, err := page(all, func(v *state.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	return page(all, func(v *state.Volume) string { return v.ID }, token, maxEntries)
+}
+
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	vols, next, err := d.readyVolumes(req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
@@ -519,12 +528,7 @@ func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.Control
 }
 
 func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	all, err := d.store.Volumes()
-	if err != nil {
-		return nil, internal(err, "list volumes")
-	}
-	all = slices.DeleteFunc(all, func(v *state.Volume) bool { return v.Phase != state.Ready })
-	vols, next, err := page(all, func(v *state.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	vols, next, err := d.readyVolumes(req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
