@@ -342,18 +342,14 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if !validID('v', id) {
 		return &csi.DeleteVolumeResponse{}, nil // names nothing we made: already gone
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := lockRecord(ctx, d, id, "volume", d.store.Volume)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	v, err := d.store.Volume(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if v == nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read volume")
-	}
+	defer unlock()
 	if v.Staging != "" || len(v.Targets) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still staged or published on this node", id)
 	}
@@ -796,18 +792,14 @@ func (d *Driver) ControllerUnpublishVolume(ctx context.Context, req *csi.Control
 	if !validID('v', id) {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := lockRecord(ctx, d, id, "volume", d.store.Volume)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	v, err := d.store.Volume(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if v == nil {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read volume")
-	}
+	defer unlock()
 	node := req.GetNodeId()
 	n := len(v.PublishedNodes)
 	v.PublishedNodes = slices.DeleteFunc(v.PublishedNodes, func(s string) bool { return node == "" || s == node })
