@@ -11,11 +11,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -24,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"golang.org/x/sys/unix"
 
+	"github.com/tripod-dev/tripod/bench/internal/benchutil"
 	"github.com/tripod-dev/tripod/internal/netnspin"
 )
 
@@ -187,18 +186,6 @@ type stats struct {
 	add, del []time.Duration
 }
 
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
-
 func ratio(a, b time.Duration) string {
 	if b == 0 {
 		return "-"
@@ -301,7 +288,7 @@ func growth(ctx context.Context, e *env, s scenario, n int) (time.Duration, time
 		lat = append(lat, d)
 	}
 	w := min(50, n/2)
-	return pct(lat[:w], 50), pct(lat[n-w:], 50), nil
+	return benchutil.Pct(lat[:w], 50), benchutil.Pct(lat[n-w:], 50), nil
 }
 
 func upLoopback() error {
@@ -369,12 +356,12 @@ func run(n, conc, grow int, only string) error {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
 			res[im.name] = st
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, im.name, ms(pct(st.add, 50)), ms(pct(st.add, 99)), ms(pct(st.del, 50)), ms(pct(st.del, 99)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, im.name, benchutil.MS(benchutil.Pct(st.add, 50)), benchutil.MS(benchutil.Pct(st.add, 99)), benchutil.MS(benchutil.Pct(st.del, 50)), benchutil.MS(benchutil.Pct(st.del, 99)))
 		}
 		t, r := res["tripod"], res["reference"]
 		summary = append(summary, fmt.Sprintf("%-60s ADD p50 %s  p99 %s   DEL p50 %s  p99 %s",
-			s.name, ratio(pct(t.add, 50), pct(r.add, 50)), ratio(pct(t.add, 99), pct(r.add, 99)),
-			ratio(pct(t.del, 50), pct(r.del, 50)), ratio(pct(t.del, 99), pct(r.del, 99))))
+			s.name, ratio(benchutil.Pct(t.add, 50), benchutil.Pct(r.add, 50)), ratio(benchutil.Pct(t.add, 99), benchutil.Pct(r.add, 99)),
+			ratio(benchutil.Pct(t.del, 50), benchutil.Pct(r.del, 50)), ratio(benchutil.Pct(t.del, 99), benchutil.Pct(r.del, 99))))
 	}
 	tw.Flush()
 
@@ -393,8 +380,8 @@ func run(n, conc, grow int, only string) error {
 			if err != nil {
 				return err
 			}
-			walls[im.name], p50s[im.name] = wall, pct(lat, 50)
-			fmt.Printf("  %-10s wall %8s ms   ADD p50 %8s ms   p99 %8s ms\n", im.name, ms(wall), ms(pct(lat, 50)), ms(pct(lat, 99)))
+			walls[im.name], p50s[im.name] = wall, benchutil.Pct(lat, 50)
+			fmt.Printf("  %-10s wall %8s ms   ADD p50 %8s ms   p99 %8s ms\n", im.name, benchutil.MS(wall), benchutil.MS(benchutil.Pct(lat, 50)), benchutil.MS(benchutil.Pct(lat, 99)))
 		}
 		summary = append(summary, fmt.Sprintf("%-60s wall %s  ADD p50 %s", fmt.Sprintf("%d concurrent ADDs", conc),
 			ratio(walls["tripod"], walls["reference"]), ratio(p50s["tripod"], p50s["reference"])))
@@ -412,7 +399,7 @@ func run(n, conc, grow int, only string) error {
 				return err
 			}
 			firsts, lasts = append(firsts, first), append(lasts, last)
-			fmt.Printf("  %-10s median ADD first 50 %8s ms   last 50 %8s ms   last/first %s\n", im.name, ms(first), ms(last), ratio(last, first))
+			fmt.Printf("  %-10s median ADD first 50 %8s ms   last 50 %8s ms   last/first %s\n", im.name, benchutil.MS(first), benchutil.MS(last), ratio(last, first))
 		}
 		summary = append(summary, fmt.Sprintf("%-60s first 50 %s  last 50 %s", fmt.Sprintf("%d ADDs on one /16", grow),
 			ratio(firsts[0], firsts[1]), ratio(lasts[0], lasts[1])))

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/tripod-dev/tripod/bench/internal/benchutil"
 	"github.com/tripod-dev/tripod/internal/image/imagetest"
 )
 
@@ -160,27 +161,13 @@ func startContainerd(dir, regHost string) (*daemon, error) {
 	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("ctdbench", "tpctdbr0", "10.232.0.0/16", filepath.Join(dir, "ipam"))), 0o644)
 	certs := filepath.Join(dir, "certs.d", regHost)
 	os.MkdirAll(certs, 0o755)
-	os.WriteFile(filepath.Join(certs, "hosts.toml"), fmt.Appendf(nil, "server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", regHost, regHost), 0o644)
+	os.WriteFile(filepath.Join(certs, "hosts.toml"), []byte(benchutil.HostsTOML(regHost)), 0o644)
 	sock := filepath.Join(dir, "containerd.sock")
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "%s/bench/pause:3.10"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = %q
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %q
-    conf_dir = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", regHost, filepath.Join(dir, "certs.d"), ref, conf)
+	cfg := benchutil.ContainerdConfig{
+		Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"), Socket: sock,
+		SandboxImage: regHost + "/bench/pause:3.10", CertsDir: filepath.Join(dir, "certs.d"),
+		CNIBinDir: ref, CNIConfDir: conf,
+	}.TOML()
 	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644)
 	d := &daemon{cmd: exec.Command("containerd", "--config", filepath.Join(dir, "config.toml")), sock: sock, dir: dir}
 	d.stop = func() { exec.Command("ip", "link", "del", "tpctdbr0").Run() }

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tripod-dev/tripod/bench/internal/benchutil"
 	"github.com/tripod-dev/tripod/internal/csi/loop"
 	"github.com/tripod-dev/tripod/internal/csi/mount"
 )
@@ -152,18 +152,6 @@ func mountXFSRoot(dir string) error {
 	defer target.Close()
 	return mount.Mount(dev.Name(), target, "xfs", 0, "")
 }
-
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 
 func timed(f func() error) (time.Duration, error) {
 	t := time.Now()
@@ -328,11 +316,11 @@ func run(n, snaps int, fstype, logLevel string, xfsRoot bool) error {
 	fmt.Printf("tripod-csi, %d %s volumes of %d MiB, root on %s, %s\n\n", n, fstype, size/mib, rootFS, time.Now().UTC().Format(time.RFC3339))
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "call\tp50 ms\tp99 ms\ttarget / reference hostpath p50\t")
-	fmt.Fprintf(w, "CreateVolume\t%s\t%s\thostpath 0.63 (no filesystem)\t\n", ms(pct(create, 50)), ms(pct(create, 99)))
-	fmt.Fprintf(w, "NodeStage+NodePublish\t%s\t%s\t< 10 (hostpath publish 7.2)\t\n", ms(pct(pub, 50)), ms(pct(pub, 99)))
-	fmt.Fprintf(w, "NodeUnpublish+NodeUnstage\t%s\t%s\t< 10 (hostpath unpublish 9.0)\t\n", ms(pct(unpub, 50)), ms(pct(unpub, 99)))
-	fmt.Fprintf(w, "DeleteVolume\t%s\t%s\thostpath 0.47\t\n", ms(pct(del, 50)), ms(pct(del, 99)))
-	fmt.Fprintf(w, "CreateSnapshot (64 MiB data)\t%s\t%s\t< 300 (hostpath 1470)\t\n", ms(pct(snap, 50)), ms(pct(snap, 99)))
+	fmt.Fprintf(w, "CreateVolume\t%s\t%s\thostpath 0.63 (no filesystem)\t\n", benchutil.MS(benchutil.Pct(create, 50)), benchutil.MS(benchutil.Pct(create, 99)))
+	fmt.Fprintf(w, "NodeStage+NodePublish\t%s\t%s\t< 10 (hostpath publish 7.2)\t\n", benchutil.MS(benchutil.Pct(pub, 50)), benchutil.MS(benchutil.Pct(pub, 99)))
+	fmt.Fprintf(w, "NodeUnpublish+NodeUnstage\t%s\t%s\t< 10 (hostpath unpublish 9.0)\t\n", benchutil.MS(benchutil.Pct(unpub, 50)), benchutil.MS(benchutil.Pct(unpub, 99)))
+	fmt.Fprintf(w, "DeleteVolume\t%s\t%s\thostpath 0.47\t\n", benchutil.MS(benchutil.Pct(del, 50)), benchutil.MS(benchutil.Pct(del, 99)))
+	fmt.Fprintf(w, "CreateSnapshot (64 MiB data)\t%s\t%s\t< 300 (hostpath 1470)\t\n", benchutil.MS(benchutil.Pct(snap, 50)), benchutil.MS(benchutil.Pct(snap, 99)))
 	w.Flush()
 	fmt.Printf("\nRSS idle %.1f MiB; with %d volumes live %.1f MiB (right after the last publish: %.1f MiB)\n(target <= 10 MiB; hostpath 16 idle, 21.7 with 100 volumes)\n",
 		float64(idle)/float64(mib), n, float64(live)/float64(mib), float64(busy)/float64(mib))

@@ -103,6 +103,22 @@ func (s *volumeSpec) compatible(v *state.Volume) bool {
 		sameMap(v.Params, s.params) && v.SourceSnapshot == s.srcSnap && v.SourceVolume == s.srcVol
 }
 
+// fitSource checks that a source (a snapshot or volume, named as in "snapshot
+// ID", that "holds" or "is" a volume of access and fsType) fits s, and grows
+// s.size to the source's size within the limit.
+func (s *volumeSpec) fitSource(name, verb, access, fsType string, size int64) error {
+	if access != s.access || fsType != s.fsType {
+		return status.Errorf(codes.InvalidArgument, "%s %s a %s %s volume, not %s %s", name, verb, access, fsType, s.access, s.fsType)
+	}
+	if s.size < size {
+		if s.limit > 0 && s.limit < size {
+			return status.Errorf(codes.OutOfRange, "%s needs %d bytes, limit is %d", name, size, s.limit)
+		}
+		s.size = size
+	}
+	return nil
+}
+
 func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if req.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "name is required")
@@ -190,28 +206,16 @@ func (d *Driver) createVolume(ctx context.Context, id string, spec *volumeSpec, 
 		if err != nil {
 			return nil, err
 		}
-		if snap.Access != spec.access || snap.FsType != spec.fsType {
-			return nil, status.Errorf(codes.InvalidArgument, "snapshot %s holds a %s %s volume, not %s %s", snap.ID, snap.Access, snap.FsType, spec.access, spec.fsType)
-		}
-		if spec.size < snap.Size {
-			if spec.limit > 0 && spec.limit < snap.Size {
-				return nil, status.Errorf(codes.OutOfRange, "snapshot %s needs %d bytes, limit is %d", snap.ID, snap.Size, spec.limit)
-			}
-			spec.size = snap.Size
+		if err := spec.fitSource("snapshot "+snap.ID, "holds", snap.Access, snap.FsType, snap.Size); err != nil {
+			return nil, err
 		}
 	case spec.srcVol != "":
 		srcVol, err = d.lookupVolume(spec.srcVol)
 		if err != nil {
 			return nil, err
 		}
-		if srcVol.Access != spec.access || srcVol.FsType != spec.fsType {
-			return nil, status.Errorf(codes.InvalidArgument, "volume %s is a %s %s volume, not %s %s", srcVol.ID, srcVol.Access, srcVol.FsType, spec.access, spec.fsType)
-		}
-		if spec.size < srcVol.Capacity {
-			if spec.limit > 0 && spec.limit < srcVol.Capacity {
-				return nil, status.Errorf(codes.OutOfRange, "volume %s needs %d bytes, limit is %d", srcVol.ID, srcVol.Capacity, spec.limit)
-			}
-			spec.size = srcVol.Capacity
+		if err := spec.fitSource("volume "+srcVol.ID, "is", srcVol.Access, srcVol.FsType, srcVol.Capacity); err != nil {
+			return nil, err
 		}
 	}
 
@@ -338,18 +342,14 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if !validID('v', id) {
 		return &csi.DeleteVolumeResponse{}, nil // names nothing we made: already gone
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := lockRecord(ctx, d, id, "volume", d.store.Volume)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	v, err := d.store.Volume(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if v == nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read volume")
-	}
+	defer unlock()
 	if v.Staging != "" || len(v.Targets) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still staged or published on this node", id)
 	}
@@ -470,13 +470,18 @@ func page[T any](items []T, id func(T) string, token string, maxEntries int32) (
 	return items, next, nil
 }
 
-func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+// readyVolumes returns a page of the Ready volumes, by ID, from token.
+func (d *Driver) readyVolumes(token string, maxEntries int32) ([]*state.Volume, string, error) {
 	all, err := d.store.Volumes()
 	if err != nil {
-		return nil, internal(err, "list volumes")
+		return nil, "", internal(err, "list volumes")
 	}
 	all = slices.DeleteFunc(all, func(v *state.Volume) bool { return v.Phase != state.Ready })
-	vols, next, err := page(all, func(v *state.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	return page(all, func(v *state.Volume) string { return v.ID }, token, maxEntries)
+}
+
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	vols, next, err := d.readyVolumes(req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
@@ -519,12 +524,7 @@ func (d *Driver) ControllerGetVolumeHealth(ctx context.Context, req *csi.Control
 }
 
 func (d *Driver) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	all, err := d.store.Volumes()
-	if err != nil {
-		return nil, internal(err, "list volumes")
-	}
-	all = slices.DeleteFunc(all, func(v *state.Volume) bool { return v.Phase != state.Ready })
-	vols, next, err := page(all, func(v *state.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	vols, next, err := d.readyVolumes(req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {
 		return nil, err
 	}
@@ -588,15 +588,11 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if !validID('v', id) {
 		return nil, status.Errorf(codes.NotFound, "volume %q not found", id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
-		return nil, err
-	}
 	size, err := sizeFor(req.GetCapacityRange(), minSize(v.Access, v.FsType))
 	if err != nil {
 		return nil, err
@@ -677,15 +673,11 @@ func (d *Driver) ControllerModifyVolume(ctx context.Context, req *csi.Controller
 	if !validID('v', id) {
 		return nil, status.Errorf(codes.NotFound, "volume %q not found", id)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
-		return nil, err
-	}
 	if v.Mutable == nil {
 		v.Mutable = map[string]string{}
 	}
@@ -734,10 +726,7 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if node == "" {
 		return nil, status.Error(codes.InvalidArgument, "node id is required")
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -747,17 +736,13 @@ func (d *Driver) ControllerPublishVolume(ctx context.Context, req *csi.Controlle
 	if node != d.cfg.NodeID {
 		return nil, status.Errorf(codes.NotFound, "node %q not found: this driver serves node %q", node, d.cfg.NodeID)
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := d.lockedVolume(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(id)
-	if err != nil {
+	if err := capFits(v, access, fs); err != nil {
 		return nil, err
-	}
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
 	}
 	pctx := map[string]string{"readOnly": strconv.FormatBool(req.GetReadonly())}
 	if slices.Contains(v.PublishedNodes, node) {
@@ -807,18 +792,14 @@ func (d *Driver) ControllerUnpublishVolume(ctx context.Context, req *csi.Control
 	if !validID('v', id) {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	v, unlock, err := lockRecord(ctx, d, id, "volume", d.store.Volume)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	v, err := d.store.Volume(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if v == nil {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read volume")
-	}
+	defer unlock()
 	node := req.GetNodeId()
 	n := len(v.PublishedNodes)
 	v.PublishedNodes = slices.DeleteFunc(v.PublishedNodes, func(s string) bool { return node == "" || s == node })

@@ -174,6 +174,27 @@ func ephemeralID(handle string) string { return makeID("v", "ephemeral\x00"+hand
 
 // lookupVolume finds a volume by ID (or inline ephemeral handle),
 // returning a gRPC NotFound error when there is none.
+// lockRecord takes id's lock and reads its record with get, in whatever
+// phase it is: the first step of the removals, to which a missing record is
+// success. There rec is nil, with no error and the lock already released;
+// otherwise, with no error, the caller must call unlock.
+func lockRecord[T any](ctx context.Context, d *Driver, id, what string, get func(string) (*T, error)) (rec *T, unlock func(), err error) {
+	unlock, err = d.locks.lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err = get(id)
+	if errors.Is(err, state.ErrNotFound) {
+		unlock()
+		return nil, nil, nil
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, internal(err, "read %s", what)
+	}
+	return rec, unlock, nil
+}
+
 func (d *Driver) lookupVolume(id string) (*state.Volume, error) {
 	if !validID('v', id) {
 		id = ephemeralID(id)

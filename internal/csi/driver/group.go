@@ -131,18 +131,14 @@ func (d *Driver) DeleteVolumeGroupSnapshot(ctx context.Context, req *csi.DeleteV
 	if !validID('g', id) {
 		return &csi.DeleteVolumeGroupSnapshotResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	g, unlock, err := lockRecord(ctx, d, id, "group snapshot", d.store.Group)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	g, err := d.store.Group(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if g == nil {
 		return &csi.DeleteVolumeGroupSnapshotResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read group snapshot")
-	}
+	defer unlock()
 	if ids := req.GetSnapshotIds(); len(ids) > 0 && !slices.Equal(sortedUnique(ids), sortedUnique(g.Snapshots)) {
 		return nil, status.Errorf(codes.InvalidArgument, "snapshot ids do not match group snapshot %s", id)
 	}

@@ -54,6 +54,22 @@ func (d *Driver) lockVolume(ctx context.Context, id string) (func(), error) {
 	return d.locks.lock(ctx, id)
 }
 
+// lockedVolume takes id's lock (as lockVolume) and looks the volume up under
+// it. On success the caller must call unlock; on failure the lock is already
+// released.
+func (d *Driver) lockedVolume(ctx context.Context, id string) (v *state.Volume, unlock func(), err error) {
+	unlock, err = d.lockVolume(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err = d.lookupVolume(id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return v, unlock, nil
+}
+
 // device returns an open loop device for v's image: the one already
 // attached (after a restart, found by its backing file), or a new one.
 // Filesystem volumes use autoclear, so the device goes with the last
@@ -106,24 +122,17 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := d.checkPath("staging target path", staging); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := d.lockVolume(ctx, req.GetVolumeId())
+	v, unlock, err := d.lockedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(req.GetVolumeId())
-	if err != nil {
+	if err := capFits(v, access, fs); err != nil {
 		return nil, err
-	}
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
 	}
 	if v.Staging != "" && v.Staging != staging {
 		return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged at %s", v.ID, v.Staging)
@@ -329,15 +338,11 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if err := d.checkPath("staging target path", staging); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lockVolume(ctx, req.GetVolumeId())
+	v, unlock, err := d.lockedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
 	if v.Staging != "" && v.Staging != staging {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged at %s, not %s", v.ID, v.Staging, staging)
 	}
@@ -412,10 +417,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := d.checkPath("target path", target); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeCapability() == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
-	}
-	access, fs, err := d.parseCap(req.GetVolumeCapability())
+	access, fs, err := d.requireCap(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -431,17 +433,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	if err := d.checkPath("staging target path", staging); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lockVolume(ctx, req.GetVolumeId())
+	v, unlock, err := d.lockedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(req.GetVolumeId())
-	if err != nil {
+	if err := capFits(v, access, fs); err != nil {
 		return nil, err
-	}
-	if access != v.Access || (fs != "" && fs != v.FsType) {
-		return nil, status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fs)
 	}
 	if v.Staging != staging {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", v.ID, staging)
@@ -567,15 +565,11 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := d.checkPath("target path", target); err != nil {
 		return nil, err
 	}
-	unlock, err := d.lockVolume(ctx, req.GetVolumeId())
+	v, unlock, err := d.lockedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
 	if err := d.unpublish(v, target); err != nil {
 		return nil, err
 	}
@@ -769,15 +763,11 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
-	unlock, err := d.lockVolume(ctx, req.GetVolumeId())
+	v, unlock, err := d.lockedVolume(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	v, err := d.lookupVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
 	path := req.GetVolumePath()
 	if err := d.volumeAt(v, path); err != nil {
 		return nil, err

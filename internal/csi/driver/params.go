@@ -114,6 +114,24 @@ func (d *Driver) parseCaps(caps []*csi.VolumeCapability) (access, fsType string,
 	return access, fsType, nil
 }
 
+// requireCap parses the capability a request must carry: a missing one is
+// refused as required, where parseCap calls it empty.
+func (d *Driver) requireCap(c *csi.VolumeCapability) (access, fsType string, err error) {
+	if c == nil {
+		return "", "", status.Error(codes.InvalidArgument, "volume capability is required")
+	}
+	return d.parseCap(c)
+}
+
+// capFits refuses a capability (as parseCap returns it) that asks for other
+// than what v is; an empty fsType fits any filesystem.
+func capFits(v *state.Volume, access, fsType string) error {
+	if access != v.Access || (fsType != "" && fsType != v.FsType) {
+		return status.Errorf(codes.InvalidArgument, "volume is %s %s, capability asks %s %s", v.Access, v.FsType, access, fsType)
+	}
+	return nil
+}
+
 func (d *Driver) parseCap(c *csi.VolumeCapability) (access, fsType string, err error) {
 	if c == nil {
 		return "", "", status.Error(codes.InvalidArgument, "empty volume capability")

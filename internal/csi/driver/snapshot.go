@@ -249,18 +249,14 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if !validID('s', id) {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, id)
+	s, unlock, err := lockRecord(ctx, d, id, "snapshot", d.store.Snapshot)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	s, err := d.store.Snapshot(id)
-	if errors.Is(err, state.ErrNotFound) {
+	if s == nil {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
-	if err != nil {
-		return nil, internal(err, "read snapshot")
-	}
+	defer unlock()
 	if s.Group != "" {
 		if _, err := d.store.Group(s.Group); err == nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "snapshot %s belongs to group snapshot %s: delete the group", id, s.Group)
