@@ -46,7 +46,18 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	// Pods here run in the host's namespace: tripod's nftables tables that
+	// the tests create there go again afterwards.
+	dropTables, err := cnitest.TablesSince()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	code := cnitest.Main(m)
+	if err := dropTables(); err != nil {
+		fmt.Fprintln(os.Stderr, "removing test-created nftables tables:", err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

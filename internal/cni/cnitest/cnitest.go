@@ -436,3 +436,48 @@ func NoNetworkChains(network string) error {
 	}
 	return nil
 }
+
+// TablesSince records the tripod nftables tables of the current network
+// namespace and returns a function that deletes the ones created since,
+// provided no attachment's chain is left in them: tests that run pods in
+// the host's own namespace use it to leave the host as they found it.
+func TablesSince() (func() error, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	key := func(t *nftables.Table) string { return fmt.Sprintf("%d/%s", t.Family, t.Name) }
+	before := map[string]bool{}
+	tables, err := c.ListTables()
+	if err != nil {
+		return nil, fmt.Errorf("listing nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		before[key(t)] = true
+	}
+	return func() error {
+		tables, err := c.ListTables()
+		if err != nil {
+			return fmt.Errorf("listing nftables tables: %w", err)
+		}
+		chains, err := c.ListChains()
+		if err != nil {
+			return fmt.Errorf("listing nftables chains: %w", err)
+		}
+		for _, t := range tables {
+			if before[key(t)] || !strings.HasPrefix(t.Name, "tripod_") {
+				continue
+			}
+			empty := true
+			for _, ch := range chains {
+				if key(ch.Table) == key(t) && ch.Hooknum == nil {
+					empty = false // an attachment's chain: a leak to report, not hide
+				}
+			}
+			if empty {
+				c.DelTable(t)
+			}
+		}
+		return c.Flush()
+	}, nil
+}
