@@ -25,12 +25,25 @@ type Config struct {
 	// reboot may lose (sockets, runtime state).
 	Root   string `toml:"root" comment:"persistent data: content store, unpacked layers, metadata"`
 	State  string `toml:"state" comment:"volatile state: sockets and runtime files"`
-	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only)"`
+	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only unless [tls] is set)"`
+	TLS    TLS    `toml:"tls"`
 
 	Image   Image   `toml:"image"`
 	Runtime Runtime `toml:"runtime"`
 	Metrics Metrics `toml:"metrics"`
 }
+
+// TLS serves a tcp:// CRI endpoint over mutual TLS. The CRI has no
+// authentication of its own, so a client certificate is always required;
+// with TLS set the endpoint may bind a non-loopback address.
+type TLS struct {
+	CertFile     string `toml:"cert_file" comment:"server certificate (PEM) for a tcp:// listen"`
+	KeyFile      string `toml:"key_file" comment:"its private key (PEM)"`
+	ClientCAFile string `toml:"client_ca_file" comment:"CA bundle (PEM) that client certificates must chain to"`
+}
+
+// Enabled reports whether any TLS field is set.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" }
 
 // Runtime configures the runtime service (pods and containers).
 type Runtime struct {
@@ -153,8 +166,17 @@ func (c *Config) Validate() error {
 			bad(f.name, "must be an absolute path, got %q", f.v)
 		}
 	}
-	if _, _, err := ParseListen(c.Listen); err != nil {
+	if network, _, err := ParseListenTLS(c.Listen, c.TLS.Enabled()); err != nil {
 		bad("listen", "%v", err)
+	} else if c.TLS.Enabled() && network != "tcp" {
+		bad("tls", "applies only to a tcp:// listen, not %q", c.Listen)
+	}
+	if c.TLS.Enabled() {
+		for _, f := range []struct{ name, v string }{{"tls.cert_file", c.TLS.CertFile}, {"tls.key_file", c.TLS.KeyFile}, {"tls.client_ca_file", c.TLS.ClientCAFile}} {
+			if !filepath.IsAbs(f.v) {
+				bad(f.name, "must be an absolute path (mutual TLS needs all three files), got %q", f.v)
+			}
+		}
 	}
 	if n := c.Image.MaxConcurrentDownloads; n < 1 || n > 64 {
 		bad("image.max_concurrent_downloads", "must be between 1 and 64, got %d", n)
@@ -200,7 +222,11 @@ func (c *Config) Validate() error {
 
 // ParseListen splits a CRI endpoint into a network and an address for
 // net.Listen. TCP is accepted only on loopback: the CRI has no auth.
-func ParseListen(s string) (network, addr string, err error) {
+func ParseListen(s string) (network, addr string, err error) { return ParseListenTLS(s, false) }
+
+// ParseListenTLS is ParseListen for an endpoint served over mutual TLS,
+// which may bind any address.
+func ParseListenTLS(s string, mutualTLS bool) (network, addr string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "", "", fmt.Errorf("%q: %v", s, err)
@@ -216,8 +242,14 @@ func ParseListen(s string) (network, addr string, err error) {
 		}
 		return "unix", p, nil
 	case "tcp":
+		if mutualTLS {
+			if _, _, err := net.SplitHostPort(u.Host); err != nil {
+				return "", "", fmt.Errorf("%q: %v", s, err)
+			}
+			return "tcp", u.Host, nil
+		}
 		if err := loopbackHostPort(u.Host); err != nil {
-			return "", "", fmt.Errorf("%q: %v", s, err)
+			return "", "", fmt.Errorf("%q: %v (a non-loopback endpoint needs [tls])", s, err)
 		}
 		return "tcp", u.Host, nil
 	}

@@ -61,6 +61,12 @@ func TestValidate(t *testing.T) {
 		"image.platform":                 func(c *Config) { c.Image.Platform = "linux/" },
 		"image.auths.r":                  func(c *Config) { c.Image.Auths = map[string]Auth{"r": {}} },
 		"metrics.address":                func(c *Config) { c.Metrics.Address = "192.168.1.1:9000" },
+		"tls.key_file": func(c *Config) {
+			c.Listen = "tcp://127.0.0.1:1"
+			c.TLS = TLS{CertFile: "/c.pem", ClientCAFile: "/ca.pem"}
+		},
+		"tls: applies only": func(c *Config) { c.TLS = TLS{CertFile: "/c.pem", KeyFile: "/k.pem", ClientCAFile: "/ca.pem"} },
+		"needs [tls]":       func(c *Config) { c.Listen = "tcp://0.0.0.0:373" },
 	} {
 		c := Default()
 		mut(&c)
@@ -72,6 +78,11 @@ func TestValidate(t *testing.T) {
 		if _, _, err := ParseListen(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
+	}
+	mtls := Default()
+	mtls.Listen, mtls.TLS = "tcp://0.0.0.0:373", TLS{CertFile: "/c.pem", KeyFile: "/k.pem", ClientCAFile: "/ca.pem"}
+	if err := mtls.Validate(); err != nil {
+		t.Errorf("a non-loopback endpoint with mutual TLS: %v", err)
 	}
 	for _, bad := range []string{"unix://relative.sock", "/run/x.sock", "http://127.0.0.1:1", "tcp://example.com:1"} {
 		if _, _, err := ParseListen(bad); err == nil {

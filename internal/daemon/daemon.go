@@ -4,6 +4,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -121,18 +124,29 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		d.Images.Close()
 		return nil, fmt.Errorf("runtime recovery: %w", err)
 	}
-	d.lis, err = listen(cfg.Listen)
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(16 << 20), grpc.MaxSendMsgSize(16 << 20), grpc.UnaryInterceptor(rpcMetrics(d.Metrics))}
+	if cfg.TLS.Enabled() {
+		creds, err := serverTLS(cfg.TLS)
+		if err != nil {
+			d.Images.Close()
+			d.Pods.Close()
+			return nil, err
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	d.lis, err = listen(cfg.Listen, cfg.TLS.Enabled())
 	if err != nil {
 		d.Images.Close()
+		d.Pods.Close()
 		return nil, err
 	}
 	d.Addr = d.lis.Addr().String()
-	d.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20), grpc.UnaryInterceptor(rpcMetrics(d.Metrics)))
+	d.grpc = grpc.NewServer(opts...)
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
 	runtimeapi.RegisterRuntimeServiceServer(d.grpc, server.NewRuntimeServer(d.Pods, Version))
 
 	adminPath := filepath.Join(cfg.State, adminapi.Socket)
-	if d.adminL, err = listen("unix://" + adminPath); err != nil {
+	if d.adminL, err = listen("unix://"+adminPath, false); err != nil {
 		d.lis.Close()
 		d.Images.Close()
 		d.Pods.Close()
@@ -168,8 +182,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 
 // listen binds the CRI endpoint. A unix socket left by a dead daemon is
 // replaced; one a live daemon answers on is not.
-func listen(endpoint string) (net.Listener, error) {
-	network, addr, err := config.ParseListen(endpoint)
+func listen(endpoint string, mutualTLS bool) (net.Listener, error) {
+	network, addr, err := config.ParseListenTLS(endpoint, mutualTLS)
 	if err != nil {
 		return nil, err
 	}
@@ -243,4 +257,28 @@ func rpcMetrics(reg *metrics.Registry) grpc.UnaryServerInterceptor {
 		secs.Add(time.Since(t).Seconds(), method)
 		return resp, err
 	}
+}
+
+// serverTLS builds mutual-TLS credentials for the CRI endpoint: the CRI
+// carries no authentication, so the client certificate is what admits a
+// caller.
+func serverTLS(c config.TLS) (credentials.TransportCredentials, error) {
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: loading server certificate: %w", err)
+	}
+	pem, err := os.ReadFile(c.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: reading client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls: %s holds no PEM certificate", c.ClientCAFile)
+	}
+	return credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}), nil
 }
