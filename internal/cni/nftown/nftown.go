@@ -104,22 +104,9 @@ func (t Table) Set(a Attachment, jumps map[string]Jump) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	// Look up only the chains this attachment touches, by name: listing the
-	// table (or its base chains' rules) would make every ADD cost grow
-	// with the number of pods on the node.
-	var existing []*nftables.Chain
-	stale := false
-	for _, b := range t.Chains {
-		for _, name := range []string{b.Name, a.ChainName(b.Name)} {
-			ch, err := lookupChain(c, t.nft(), name)
-			if err != nil {
-				return err
-			}
-			if ch != nil {
-				existing = append(existing, ch)
-				stale = stale || name != b.Name
-			}
-		}
+	existing, stale, err := t.attachmentChains(c, a)
+	if err != nil {
+		return err
 	}
 	if stale {
 		// A repeated ADD: clear the old rules first (their own transaction).
@@ -154,6 +141,26 @@ func (t Table) Set(a Attachment, jumps map[string]Jump) error {
 		return fmt.Errorf("nftables: installing rules of %s/%s in table %s: %w", a.ContainerID, a.IfName, t.Name, err)
 	}
 	return nil
+}
+
+// attachmentChains looks up, by name, the base chains and the
+// attachment's own chains that exist; stale reports whether the
+// attachment has any. Listing the table (or its base chains' rules)
+// instead would make every ADD and DEL cost grow with the pods on the node.
+func (t Table) attachmentChains(c *nftables.Conn, a Attachment) (existing []*nftables.Chain, stale bool, err error) {
+	for _, b := range t.Chains {
+		for _, name := range []string{b.Name, a.ChainName(b.Name)} {
+			ch, err := lookupChain(c, t.nft(), name)
+			if err != nil {
+				return nil, false, err
+			}
+			if ch != nil {
+				existing = append(existing, ch)
+				stale = stale || name != b.Name
+			}
+		}
+	}
+	return existing, stale, nil
 }
 
 // lookupChain fetches one chain by name, or nil when it (or its table)
@@ -194,18 +201,9 @@ func (t Table) Remove(a Attachment) error {
 // the deleting socket wait for that: with a lasting connection, closed
 // later, the caller can overlap the wait with other work.
 func (t Table) RemoveWith(c *nftables.Conn, a Attachment) error {
-	// By name, as in Set: the cost must not grow with the table.
-	var existing []*nftables.Chain
-	for _, b := range t.Chains {
-		for _, name := range []string{b.Name, a.ChainName(b.Name)} {
-			ch, err := lookupChain(c, t.nft(), name)
-			if err != nil {
-				return err
-			}
-			if ch != nil {
-				existing = append(existing, ch)
-			}
-		}
+	existing, _, err := t.attachmentChains(c, a)
+	if err != nil {
+		return err
 	}
 	return t.removeFrom(c, existing, map[string]bool{a.Tag(): true})
 }
