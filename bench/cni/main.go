@@ -23,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
-	"github.com/tripod-dev/tripod/internal/netnspin"
+	"github.com/tripod-dev/tripod/internal/netns"
 )
 
 type impl struct {
@@ -90,10 +90,10 @@ func inNetns(ns *os.File, fn func() error) error {
 // newNetns pins a fresh network namespace at /run/netns/name.
 func newNetns(name string) (string, error) {
 	path := filepath.Join("/run/netns", name)
-	return path, netnspin.New(path)
+	return path, netns.PinNet(path)
 }
 
-func removeNetns(path string) { _ = netnspin.Remove(path) }
+func removeNetns(path string) { _ = netns.Unpin(map[netns.Kind]string{netns.Net: path}) }
 
 // env is one implementation's private world: a host netns and a scratch dir.
 type env struct {

@@ -38,22 +38,45 @@ func Pin(dir string, kinds []Kind, hostname string) (map[Kind]string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("namespace dir: %w", err)
 	}
-	var mask int
 	paths := map[Kind]string{}
 	for _, k := range kinds {
-		f, ok := flags[k]
-		if !ok {
+		if _, ok := flags[k]; !ok {
 			return nil, fmt.Errorf("namespace kind %q cannot be pinned", k)
 		}
-		mask |= f
-		p := filepath.Join(dir, string(k))
-		fd, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o444)
+		paths[k] = filepath.Join(dir, string(k))
+	}
+	if err := pin(paths, hostname, os.O_CREATE); err != nil {
+		return nil, err
+	}
+	return paths, nil
+}
+
+// PinNet creates a network namespace pinned at path, a name that must not
+// exist yet, in a directory that Prepare makes a shared mount point first
+// (as /run/netns must be for `ip netns` to coexist with it). Unpin removes
+// it.
+func PinNet(path string) error {
+	if err := Prepare(filepath.Dir(path)); err != nil {
+		return err
+	}
+	return pin(map[Kind]string{Net: path}, "", os.O_CREATE|os.O_EXCL)
+}
+
+// pin creates the files of paths (opened with openFlags), unshares their
+// kinds on a thread of its own and bind-mounts each namespace on its file.
+// On error nothing is left mounted or created.
+func pin(paths map[Kind]string, hostname string, openFlags int) error {
+	var mask int
+	created := map[Kind]string{}
+	for k, p := range paths {
+		mask |= flags[k]
+		fd, err := os.OpenFile(p, openFlags|os.O_RDONLY, 0o444)
 		if err != nil {
-			Unpin(paths)
-			return nil, fmt.Errorf("namespace file: %w", err)
+			Unpin(created)
+			return fmt.Errorf("namespace file: %w", err)
 		}
 		fd.Close()
-		paths[k] = p
+		created[k] = p
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -71,9 +94,9 @@ func Pin(dir string, kinds []Kind, hostname string) (map[Kind]string, error) {
 			}
 		}
 		tid := unix.Gettid()
-		for _, k := range kinds {
+		for k, p := range paths {
 			src := fmt.Sprintf("/proc/self/task/%d/ns/%s", tid, k)
-			if err := unix.Mount(src, paths[k], "", unix.MS_BIND, ""); err != nil {
+			if err := unix.Mount(src, p, "", unix.MS_BIND, ""); err != nil {
 				errc <- fmt.Errorf("bind-mount %s namespace: %w", k, err)
 				return
 			}
@@ -82,9 +105,34 @@ func Pin(dir string, kinds []Kind, hostname string) (map[Kind]string, error) {
 	}()
 	if err := <-errc; err != nil {
 		Unpin(paths)
-		return nil, err
+		return err
 	}
-	return paths, nil
+	return nil
+}
+
+// Prepare makes dir a shared mount point, as iproute2 does for /run/netns.
+// Were it a plain directory, the first `ip netns add` anyone runs later
+// would bind-mount the directory over itself and hide every namespace
+// pinned in it before, leaving mounts that can no longer be unmounted by
+// path.
+func Prepare(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("making %s shared: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s onto itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("making %s shared: %w", dir, err)
+	}
+	return nil
 }
 
 // Unpin unmounts and removes pinned namespace files. Missing files and

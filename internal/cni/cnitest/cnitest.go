@@ -25,7 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tripod-dev/tripod/internal/cni/nftown"
-	"github.com/tripod-dev/tripod/internal/netnspin"
+	"github.com/tripod-dev/tripod/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -128,7 +128,7 @@ type Netns struct {
 func NewNetns(t testing.TB, name string) *Netns {
 	t.Helper()
 	n := &Netns{Name: name, Path: filepath.Join("/run/netns", name)}
-	if err := netnspin.New(n.Path); err != nil {
+	if err := netns.PinNet(n.Path); err != nil {
 		t.Fatalf("creating netns %s: %v", name, err)
 	}
 	t.Cleanup(func() { n.Remove(t) })
@@ -139,7 +139,7 @@ func NewNetns(t testing.TB, name string) *Netns {
 // simulate a container that is already gone.
 func (n *Netns) Remove(t testing.TB) {
 	t.Helper()
-	if err := netnspin.Remove(n.Path); err != nil {
+	if err := netns.Unpin(map[netns.Kind]string{netns.Net: n.Path}); err != nil {
 		t.Error(err)
 	}
 }
