@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
+	"github.com/tripod-dev/tripod/internal/cni/nsutil"
 	"github.com/tripod-dev/tripod/internal/netns"
 )
 
@@ -72,21 +72,6 @@ func scenarios() []scenario {
 	}
 }
 
-// inNetns runs fn on a thread switched into the namespace; the thread is
-// never given back to the scheduler, so it ends with the goroutine.
-func inNetns(ns *os.File, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // newNetns pins a fresh network namespace at /run/netns/name.
 func newNetns(name string) (string, error) {
 	path := filepath.Join("/run/netns", name)
@@ -123,7 +108,7 @@ func newEnv(im impl, prefix string) (*env, error) {
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{im.bin}, filepath.Join(scratch, "cache"), nil)
 	// lo up in the host namespace, as on a real host (portmap's localhost
 	// path needs it).
-	if err := inNetns(host, func() error { return upLoopback() }); err != nil {
+	if err := nsutil.DoFile(host, func() error { return upLoopback() }); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -154,7 +139,7 @@ func (e *env) attach(ctx context.Context, list *libcni.NetworkConfigList, s scen
 		rt.CapabilityArgs = s.caps(e.seq)
 	}
 	var d time.Duration
-	err = inNetns(e.host, func() error {
+	err = nsutil.DoFile(e.host, func() error {
 		start := time.Now()
 		_, err := e.cni.AddNetworkList(ctx, list, rt)
 		d = time.Since(start)
@@ -169,7 +154,7 @@ func (e *env) attach(ctx context.Context, list *libcni.NetworkConfigList, s scen
 
 func (e *env) detach(ctx context.Context, list *libcni.NetworkConfigList, a attachment) (time.Duration, error) {
 	var d time.Duration
-	err := inNetns(e.host, func() error {
+	err := nsutil.DoFile(e.host, func() error {
 		start := time.Now()
 		err := e.cni.DelNetworkList(ctx, list, a.rt)
 		d = time.Since(start)
@@ -242,7 +227,7 @@ func concurrent(ctx context.Context, e *env, s scenario, k int) ([]time.Duration
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = inNetns(e.host, func() error {
+			errs[i] = nsutil.DoFile(e.host, func() error {
 				t0 := time.Now()
 				_, err := e.cni.AddNetworkList(ctx, list, rts[i])
 				lat[i] = time.Since(t0)
