@@ -251,7 +251,7 @@ func concurrent(ctx context.Context, e *env, s scenario, k int) ([]time.Duration
 }
 
 // growth performs n sequential ADDs that all stay attached and returns
-// the median ADD time of the first and of the last 50.
+// the median ADD time of the first and of the last growthWindow(n).
 func growth(ctx context.Context, e *env, s scenario, n int) (time.Duration, time.Duration, error) {
 	list, err := libcni.NetworkConfFromBytes([]byte(s.conf(filepath.Join(e.scratch, "ipam-growth"))))
 	if err != nil {
@@ -272,9 +272,12 @@ func growth(ctx context.Context, e *env, s scenario, n int) (time.Duration, time
 		held = append(held, a)
 		lat = append(lat, d)
 	}
-	w := min(50, n/2)
+	w := growthWindow(n)
 	return benchutil.Pct(lat[:w], 50), benchutil.Pct(lat[n-w:], 50), nil
 }
+
+// growthWindow is how many ADDs at each end of a growth run are compared.
+func growthWindow(n int) int { return min(50, n/2) }
 
 func upLoopback() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -372,6 +375,7 @@ func run(n, conc, grow int, only string) error {
 			ratio(walls["tripod"], walls["reference"]), ratio(p50s["tripod"], p50s["reference"])))
 
 		fmt.Printf("\n%d sequential ADDs kept on one /16, %s\n", grow, bridge.name)
+		window := growthWindow(grow)
 		var firsts, lasts []time.Duration
 		for i, im := range impls {
 			e, err := newEnv(im, fmt.Sprintf("tpbench%d", i))
@@ -384,10 +388,10 @@ func run(n, conc, grow int, only string) error {
 				return err
 			}
 			firsts, lasts = append(firsts, first), append(lasts, last)
-			fmt.Printf("  %-10s median ADD first 50 %8s ms   last 50 %8s ms   last/first %s\n", im.name, benchutil.MS(first), benchutil.MS(last), ratio(last, first))
+			fmt.Printf("  %-10s median ADD first %d %8s ms   last %d %8s ms   last/first %s\n", im.name, window, benchutil.MS(first), window, benchutil.MS(last), ratio(last, first))
 		}
-		summary = append(summary, fmt.Sprintf("%-60s first 50 %s  last 50 %s", fmt.Sprintf("%d ADDs on one /16", grow),
-			ratio(firsts[0], firsts[1]), ratio(lasts[0], lasts[1])))
+		summary = append(summary, fmt.Sprintf("%-60s first %d %s  last %d %s", fmt.Sprintf("%d ADDs on one /16", grow),
+			window, ratio(firsts[0], firsts[1]), window, ratio(lasts[0], lasts[1])))
 	}
 	fmt.Println("\ntripod / reference (lower is better; targets: ADD p50 <= 0.50, DEL p50 <= 0.25)")
 	for _, s := range summary {
