@@ -456,7 +456,7 @@ func TestConcurrentAdds(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				// A goroutine's thread must enter the host namespace itself.
-				errs[i] = vethtest.InFile(f, func() error {
+				errs[i] = cnitest.InFile(f, func() error {
 					_, err := e.Runner.CNI.AddNetworkList(context.Background(), list, rt(e, p))
 					return err
 				})

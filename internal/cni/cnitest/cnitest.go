@@ -159,6 +159,13 @@ func (n *Netns) Try(fn func() error) error {
 		return err
 	}
 	defer f.Close()
+	return InFile(f, fn)
+}
+
+// InFile runs fn on a thread of its own inside the network namespace open
+// as f and returns fn's error; concurrent goroutines of a test can each
+// call it. fn must not fail the test itself.
+func InFile(f *os.File, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

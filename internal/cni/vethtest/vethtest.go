@@ -81,22 +81,6 @@ func (e *Env) In(fn func()) {
 	}
 }
 
-// InFile runs fn on a thread of its own inside the namespace open as f, for
-// goroutines of a test that each need the namespace, and returns fn's
-// error. fn must not fail the test itself.
-func InFile(f *os.File, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked, as in In
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // Pod makes a pod namespace named after the test.
 func (e *Env) Pod(name string) *cnitest.Netns {
 	return cnitest.NewNetns(e.T, e.Tag+name)
