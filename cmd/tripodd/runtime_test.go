@@ -142,12 +142,15 @@ func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Regi
 				}
 			}
 		}
-		for _, ctl := range []string{"memory", "cpu,cpuacct", "pids", "devices", "freezer", "blkio", "cpuset", "net_cls,net_prio", "perf_event", "hugetlb", "systemd", "unified", "misc", "rdma"} {
-			kids, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", ctl, e.cgroup, "*", "cgroup.procs"))
+		// Every hierarchy mounted here, whatever the controllers' mount
+		// names are on this host (cpu and cpuacct may be one or two).
+		hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
+		for _, h := range hierarchies {
+			kids, _ := filepath.Glob(filepath.Join(h, e.cgroup, "*", "cgroup.procs"))
 			for _, k := range kids {
 				os.Remove(filepath.Dir(k))
 			}
-			os.Remove(filepath.Join("/sys/fs/cgroup", ctl, e.cgroup))
+			os.Remove(filepath.Join(h, e.cgroup))
 		}
 	})
 	// Registered after the node cleanup, so it runs before it, and
