@@ -17,6 +17,9 @@ APT_PACKAGES := iproute2 iputils-ping nftables dnsmasq-base qemu-system-x86 linu
 # tripod-csi formats and grows volumes with these (mkfs.ext4/resize2fs,
 # mkfs.xfs/xfs_growfs).
 APT_PACKAGES += e2fsprogs xfsprogs util-linux
+# A current runc is built from source (Debian's 1.1 predates idmapped
+# mounts, which user namespaces need); seccomp support needs libseccomp.
+APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -25,6 +28,9 @@ CRICTL := sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 CSI_SANITY := github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0
 # critest is a test binary: built with `go test -c` inside the module.
 CRITOOLS_MOD := sigs.k8s.io/cri-tools@v1.37.0
+# runc, static (it also runs inside the QEMU cgroup v2 test) and with
+# seccomp: without the tag it silently ignores seccomp profiles.
+RUNC := github.com/opencontainers/runc@v1.5.2
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
@@ -52,7 +58,7 @@ apt-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/csi-sanity $(TOOLS)/critest
+go-tools: $(TOOLS)/staticcheck $(TOOLS)/cnitool $(TOOLS)/crictl $(TOOLS)/csi-sanity $(TOOLS)/critest $(TOOLS)/runc
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install $(STATICCHECK)
@@ -64,6 +70,9 @@ $(TOOLS)/crictl:
 	GOBIN=$(TOOLS) $(GO) install $(CRICTL)
 $(TOOLS)/csi-sanity:
 	GOBIN=$(TOOLS) $(GO) install $(CSI_SANITY)
+
+$(TOOLS)/runc:
+	GOBIN=$(TOOLS) CGO_ENABLED=1 $(GO) install -tags 'seccomp urfave_cli_no_docs netgo osusergo' -ldflags '-extldflags -static' $(RUNC)
 
 $(TOOLS)/critest:
 	@mkdir -p $(TOOLS)

@@ -478,6 +478,13 @@ func catches(pid int, sig string) bool {
 	if err != nil {
 		return true
 	}
+	// Right after `runtime start` returns, the init may still be the
+	// runtime's own (runc's Go init catches every signal) for a moment
+	// before it execs the container's process, which resets handlers: a
+	// signal it takes then is lost just the same.
+	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.HasPrefix(string(comm), "runc:") {
+		return false
+	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
 			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
