@@ -54,6 +54,7 @@ type Runtime struct {
 	DefaultHandler string             `toml:"default_handler" comment:"runtime handler for pods that name none"`
 	Handlers       map[string]Handler `toml:"handlers" comment:"OCI runtimes by RuntimeClass handler name, e.g. [runtime.handlers.crun] path = \"crun\""`
 	MonitorPath    string             `toml:"monitor_path" comment:"tripod-monitor binary; empty means beside tripodd"`
+	EventBuffer    int                `toml:"event_buffer" comment:"container events buffered per GetContainerEvents subscriber; one that falls further behind is cut off (and relists)"`
 }
 
 // Handler is one OCI runtime.
@@ -112,6 +113,7 @@ func Default() Config {
 			CgroupParent:   "/tripod",
 			DefaultHandler: "runc",
 			Handlers:       map[string]Handler{"runc": {Path: "runc"}},
+			EventBuffer:    1024,
 		},
 	}
 }
@@ -211,6 +213,9 @@ func (c *Config) Validate() error {
 	}
 	if _, ok := c.Runtime.Handlers[c.Runtime.DefaultHandler]; !ok && c.Runtime.DefaultHandler != "runc" {
 		bad("runtime.default_handler", "%q is not among runtime.handlers", c.Runtime.DefaultHandler)
+	}
+	if c.Runtime.EventBuffer < 1 {
+		bad("runtime.event_buffer", "must be at least 1, got %d", c.Runtime.EventBuffer)
 	}
 	if a := c.Metrics.Address; a != "" {
 		if err := loopbackHostPort(a); err != nil {

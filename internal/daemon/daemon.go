@@ -94,6 +94,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		CgroupDriver:   cfg.Runtime.CgroupDriver,
 		CgroupParent:   cfg.Runtime.CgroupParent,
 		MonitorPath:    cfg.Runtime.MonitorPath,
+		EventBuffer:    cfg.Runtime.EventBuffer,
 		Logger:         log,
 		Metrics:        d.Metrics,
 		CrashAt:        os.Getenv("TRIPOD_CRASH_AT"),

@@ -65,6 +65,8 @@ type Container struct {
 	StopSignal string   `json:"stopSignal,omitempty"`
 	Handler    string   `json:"handler"`
 	Pid        int      `json:"pid,omitempty"`
+	// starting is set while StartContainer runs the runtime's start.
+	starting bool
 }
 
 func (m *Manager) runtimeArgs(handler string) (string, []string) {
@@ -190,6 +192,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	u.add(func(context.Context) error {
 		m.mu.Lock()
 		delete(m.containers, c.ID)
+		if c.State != Creating {
+			m.publishLocked(ContainerDeleted, c.ID, c.PodID)
+		}
 		m.mu.Unlock()
 		return m.store.delete(containerBucket, c.ID)
 	})
@@ -237,6 +242,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	m.mu.Lock()
 	c.Pid = rep.Pid
 	c.State = Created
+	m.publishLocked(ContainerCreated, c.ID, c.PodID)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
@@ -280,21 +286,36 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	m.mu.Lock()
-	st := c.State
+	st, starting := c.State, c.starting
+	if st == Created && !starting {
+		c.starting = true
+	}
 	m.mu.Unlock()
-	if st != Created {
+	if st != Created || starting {
 		return fmt.Errorf("container %s is %s, not created: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}
 	t := time.Now()
-	if err := m.runtime(ctx, c, "start", c.ID); err != nil {
+	err = m.runtime(ctx, c, "start", c.ID)
+	m.mu.Lock()
+	c.starting = false
+	if err != nil {
+		m.mu.Unlock()
 		return err
 	}
 	m.phase("start", t)
-	m.mu.Lock()
-	c.State = Running
-	c.StartedAt = time.Now().UnixNano()
+	// An exit already recorded (a process that ended at once) reported
+	// the start with it: see setExit.
+	running := c.State == Created
+	if running {
+		c.State = Running
+		c.StartedAt = time.Now().UnixNano()
+		m.publishLocked(ContainerStarted, c.ID, c.PodID)
+	}
 	cp := *c
 	m.mu.Unlock()
+	if running {
+		m.watchExit(c)
+	}
 	return m.store.put(containerBucket, c.ID, &cp)
 }
 
@@ -344,6 +365,11 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 		m.mu.Unlock()
 		return
 	}
+	if c.State == Created && c.starting {
+		// It exited before StartContainer could record the start.
+		c.StartedAt = time.Now().UnixNano()
+		m.publishLocked(ContainerStarted, c.ID, c.PodID)
+	}
 	c.State = Exited
 	c.FinishedAt = e.FinishedAt
 	c.ExitCode = e.Code
@@ -358,6 +384,7 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	if c.StartedAt == 0 {
 		c.StartedAt = e.FinishedAt
 	}
+	m.publishLocked(ContainerStopped, c.ID, c.PodID)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
@@ -614,6 +641,9 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	}
 	m.mu.Lock()
 	delete(m.containers, c.ID)
+	if c.State != Creating {
+		m.publishLocked(ContainerDeleted, c.ID, c.PodID)
+	}
 	m.mu.Unlock()
 	m.release(containerKey(c.PodID, c.Meta), c.ID)
 	return nil

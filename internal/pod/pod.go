@@ -60,6 +60,9 @@ type Options struct {
 	// process kills itself with SIGKILL: the fault injection the restart
 	// tests use (tripodd sets it from TRIPOD_CRASH_AT). Empty in production.
 	CrashAt string
+	// EventBuffer is how many events each subscriber may leave unread
+	// before it is cut off (default 1024).
+	EventBuffer int
 }
 
 // State of a pod or container.
@@ -149,6 +152,7 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	ev         eventState
 }
 
 type coreMetrics struct {
@@ -185,7 +189,8 @@ func New(opt Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{}}
+	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{},
+		ev: newEventState(opt.EventBuffer)}
 	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
 	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
@@ -210,7 +215,10 @@ func New(opt Options) (*Manager, error) {
 }
 
 // Close closes the metadata store. Pods and containers keep running.
-func (m *Manager) Close() error { return m.store.db.Close() }
+func (m *Manager) Close() error {
+	m.ev.stopBG()
+	return m.store.db.Close()
+}
 
 // LayersInUse returns the chain IDs containers' root filesystems use, for
 // the image service's GC.
@@ -412,6 +420,8 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	}
 	m.mu.Lock()
 	m.pods[p.ID] = p
+	m.publishLocked(ContainerCreated, p.ID, p.ID)
+	m.publishLocked(ContainerStarted, p.ID, p.ID)
 	m.mu.Unlock()
 	m.log.Info("pod started", "pod", p.ID, "name", cfg.Meta.Name, "namespace", cfg.Meta.Namespace, "ips", p.IPs())
 	return p, nil
@@ -635,8 +645,12 @@ func (m *Manager) teardownPod(ctx context.Context, p *Pod) error {
 	}
 	m.mu.Lock()
 	p.Detached = true
+	wasReady := p.State == Ready
 	if p.State != Creating {
 		p.State = NotReady
+	}
+	if wasReady {
+		m.publishLocked(ContainerStopped, p.ID, p.ID)
 	}
 	cp := *p
 	m.mu.Unlock()
@@ -668,6 +682,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 		return err
 	}
 	m.mu.Lock()
+	m.publishLocked(ContainerDeleted, p.ID, p.ID)
 	delete(m.pods, p.ID)
 	m.mu.Unlock()
 	m.release(podKey(p.Meta), p.ID)

@@ -207,6 +207,15 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: podStatus(p)}
+	if req.Verbose {
+		resp.Info = map[string]string{"namespaces": fmt.Sprint(p.Namespaces)}
+	}
+	return resp, nil
+}
+
+// podStatus is a pod's CRI status (PodSandboxStatus, container events).
+func podStatus(p *pod.Pod) *runtimeapi.PodSandboxStatus {
 	st := &runtimeapi.PodSandboxStatus{
 		Id: p.ID, Metadata: podMeta(p), State: podState(p.State), CreatedAt: p.CreatedAt,
 		Labels: p.Labels, Annotations: p.Annotations, RuntimeHandler: p.Handler,
@@ -227,11 +236,7 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 			st.Network.AdditionalIps = append(st.Network.AdditionalIps, &runtimeapi.PodIP{Ip: ip})
 		}
 	}
-	resp := &runtimeapi.PodSandboxStatusResponse{Status: st}
-	if req.Verbose {
-		resp.Info = map[string]string{"namespaces": fmt.Sprint(p.Namespaces)}
-	}
-	return resp, nil
+	return st
 }
 
 // ListPodSandbox lists pods matching the filter.
@@ -369,6 +374,16 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(c)}
+	if req.Verbose {
+		resp.Info = map[string]string{"info": fmt.Sprintf(`{"pid":%d,"sandboxID":%q}`, c.Pid, c.PodID)}
+	}
+	return resp, nil
+}
+
+// containerStatus is a container's CRI status (ContainerStatus, container
+// events).
+func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 	st := &runtimeapi.ContainerStatus{
 		Id: c.ID, Metadata: ctrMeta(c), State: ctrState(c.State), CreatedAt: c.CreatedAt, StartedAt: c.StartedAt,
 		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID,
@@ -384,11 +399,7 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 		}
 		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
 	}
-	resp := &runtimeapi.ContainerStatusResponse{Status: st}
-	if req.Verbose {
-		resp.Info = map[string]string{"info": fmt.Sprintf(`{"pid":%d,"sandboxID":%q}`, c.Pid, c.PodID)}
-	}
-	return resp, nil
+	return st
 }
 
 // ListContainers lists containers matching the filter.
