@@ -33,6 +33,7 @@ type ContainerConfig struct {
 	WorkingDir  string
 	Env         []string
 	Mounts      []oci.Mount
+	ImageMounts []ImageMount
 	Devices     []oci.Device
 	Labels      map[string]string
 	Annotations map[string]string
@@ -65,6 +66,8 @@ type Container struct {
 	StopSignal string   `json:"stopSignal,omitempty"`
 	Handler    string   `json:"handler"`
 	Pid        int      `json:"pid,omitempty"`
+	// ImageVolumes are the image mounts as made (their layers are in use).
+	ImageVolumes []ImageVolume `json:"imageVolumes,omitempty"`
 	// starting is set while StartContainer runs the runtime's start.
 	starting bool
 }
@@ -169,6 +172,10 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	}
 	c.Bundle = filepath.Join(m.opt.State, "containers", c.ID)
 	c.RWDir = filepath.Join(m.opt.Root, "containers", c.ID)
+	var volDirs [][]string
+	if c.ImageVolumes, volDirs, err = m.resolveImageVolumes(c.Bundle, cfg.ImageMounts); err != nil {
+		return nil, err
+	}
 	if p.LogDir != "" && cfg.LogPath != "" {
 		c.FullLog = filepath.Join(p.LogDir, cfg.LogPath)
 	}
@@ -205,6 +212,10 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil, err
 	}
 	u.add(func(context.Context) error { return rootfs.Unmount(root) })
+	if err := m.mountImageVolumes(c, volDirs); err != nil {
+		return nil, err
+	}
+	u.add(func(context.Context) error { return m.unmountImageVolumes(c) })
 	m.phase("rootfs", t)
 	m.crashpoint("ctr-rootfs")
 
@@ -266,7 +277,7 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 		"/etc/hostname": filepath.Join(p.Dir, "hostname")}
 	in := oci.Input{
 		Image: img, Rootfs: root, Command: c.Command, Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir,
-		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: c.Mounts, Devices: c.Devices,
+		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: append(slices.Clone(c.Mounts), c.imageVolumeMounts()...), Devices: c.Devices,
 		Resources: c.Resources, Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
 		Sysctls: p.Sysctls, CgroupsPath: m.cgroupsPath(p, c.ID), Namespaces: ns, Files: files, ShmDir: p.Shm,
 	}
@@ -631,6 +642,9 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	}
 	m.monitor().Call(ctx, monitor.Request{Op: "forget", ID: c.ID})
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {
+		return err
+	}
+	if err := m.unmountImageVolumes(c); err != nil {
 		return err
 	}
 	if err := errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir)); err != nil {

@@ -230,6 +230,11 @@ func (m *Manager) LayersInUse() map[string]bool {
 		for _, id := range c.ChainIDs {
 			out[id] = true
 		}
+		for _, v := range c.ImageVolumes {
+			for _, id := range v.ChainIDs {
+				out[id] = true
+			}
+		}
 	}
 	return out
 }

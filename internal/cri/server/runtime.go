@@ -279,7 +279,14 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
 	}
-	for _, mt := range c.Mounts {
+	for i, mt := range c.Mounts {
+		if im, ok, err := imageMount(i, mt); ok {
+			if err != nil {
+				return nil, err
+			}
+			cfg.ImageMounts = append(cfg.ImageMounts, im)
+			continue
+		}
 		if mt.ContainerPath == "" || mt.HostPath == "" {
 			return nil, status.Error(codes.InvalidArgument, "config.mounts: host_path and container_path are required")
 		}
@@ -399,6 +406,7 @@ func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 		}
 		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
 	}
+	st.Mounts = append(st.Mounts, imageVolumeStatus(c)...)
 	return st
 }
 
