@@ -149,6 +149,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if m.images == nil {
 		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
 	}
+	if err := checkRestore(ctx, cfg.Image); err != nil {
+		return nil, err
+	}
 	img, err := m.images.Lookup(cfg.Image)
 	if err != nil {
 		return nil, fmt.Errorf("config.image %q: %w", cfg.Image, err)
