@@ -52,7 +52,8 @@ func layerDirs(t *testing.T, e *podEnv, ref string) []string {
 // image ID; bad requests fail with their codes and leave no mount; the
 // image can be removed meanwhile (its layers stay until the container is
 // gone); the volumes outlive a kill -9 of tripodd and are unmounted, and
-// their layers freed, when the container is removed.
+// their layers freed, when the container is removed; a kill -9 inside
+// CreateContainer after the mounts leaves none once rolled back.
 func TestImageVolumes(t *testing.T) {
 	runtimePrereqs(t)
 	var volRef, oneRef string
@@ -187,6 +188,22 @@ func TestImageVolumes(t *testing.T) {
 	}
 	if n := imageVolumeMounts(t, e, c); n != 0 {
 		t.Fatalf("%d image volume mounts left after RemoveContainer", n)
+	}
+	// kill -9 in CreateContainer right after the volumes are mounted: the
+	// next start rolls the container back, volumes included.
+	e.d.kill()
+	e.d = startDaemonEnv(t, e.n, []string{"TRIPOD_CRASH_AT=ctr-rootfs"}, e.extra...)
+	if _, err := create("crash", imgMount("/mnt/one", oneRef, "")); err == nil {
+		t.Fatal("CreateContainer succeeded through a crash")
+	}
+	<-e.d.done
+	e.d.done <- nil
+	if !strings.Contains(e.d.log.String(), "crash point reached") {
+		t.Fatalf("the crash point was not reached:\n%s", e.d.log.String())
+	}
+	e.boot()
+	if n := imageVolumeMounts(t, e, ""); n != 0 {
+		t.Fatalf("%d image volume mounts left after rolling back a crashed CreateContainer", n)
 	}
 	// The next GC (any image removal) frees the volume image's layers.
 	if _, err := e.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: oneRef}}); err != nil {
