@@ -20,6 +20,9 @@ APT_PACKAGES += e2fsprogs xfsprogs util-linux
 # A current runc is built from source (Debian's 1.1 predates idmapped
 # mounts, which user namespaces need); seccomp support needs libseccomp.
 APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
+# CheckpointContainer dumps through CRIU (see docs/runtime.md for why it
+# cannot run on kernels >= 6.13 with bookworm's 3.17).
+APT_PACKAGES += criu
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
