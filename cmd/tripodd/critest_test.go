@@ -33,7 +33,6 @@ func critestSkips() []critestSkip {
 		{`UserNamespaces`, "issue 6 security contexts: user namespaces"},
 		{`AppArmor`, "issue 6 security contexts: AppArmor (this kernel has no AppArmor either)"},
 		{`support recursive readonly|reject a recursive readonly`, "issue 6 security contexts: recursive read-only mounts"},
-		{`Image Identifier Consistency`, "issue 6 security contexts: image_id in container status and list"},
 		{`Image Volume`, "issue 6 image volumes"},
 		{`NRI`, "issue 6 NRI"},
 		{`public image with digest`, "pulls an upstream digest that cannot be rebuilt offline"},

@@ -124,8 +124,12 @@ func TestImagesRun(t *testing.T) {
 		t.Errorf("nginx -t: %q", got)
 	}
 	conf, _ := os.ReadFile(filepath.Join(web, "etc/nginx/nginx.conf"))
-	if !strings.Contains(string(conf), "listen 80;") {
+	if !strings.Contains(string(conf), "listen 80;") || !strings.Contains(string(conf), "pid /var/run/nginx.pid;") {
 		t.Errorf("nginx.conf: %s", conf)
+	}
+	// The HostPID spec reads nginx's pid from /var/run/nginx.pid.
+	if l, err := os.Readlink(filepath.Join(web, "var/run")); err != nil || l != "/run" {
+		t.Errorf("/var/run: %q %v, want a link to /run", l, err)
 	}
 
 	nnp := t.TempDir()

@@ -112,6 +112,8 @@ func (b *builder) baseLayer(ctx context.Context, bbRoot string) (v1.Layer, error
 	}
 	es := []imagetest.Entry{
 		{Name: "tmp/", Type: '5', Mode: 0o1777}, {Name: "var/", Type: '5'}, {Name: "var/tmp/", Type: '5', Mode: 0o1777},
+		// As on Debian: specs read nginx's pid from /var/run/nginx.pid.
+		{Name: "var/run", Type: '2', Linkname: "/run"},
 		{Name: "root/", Type: '5', Mode: 0o700}, {Name: "home/", Type: '5'}, {Name: "run/", Type: '5'},
 		{Name: "proc/", Type: '5'}, {Name: "sys/", Type: '5'}, {Name: "dev/", Type: '5'},
 		{Name: "usr/local/bin/", Type: '5'}, {Name: "usr/local/sbin/", Type: '5'},
@@ -178,7 +180,7 @@ func (b *builder) nginxLayer(root string) (v1.Layer, error) {
 func nginxConf(port int) v1.Layer {
 	conf := fmt.Sprintf(`user www-data www-data;
 worker_processes 1;
-pid /run/nginx.pid;
+pid /var/run/nginx.pid;
 error_log stderr notice;
 events {
     worker_connections 256;
