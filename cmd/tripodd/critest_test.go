@@ -76,9 +76,26 @@ func TestCritest(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	// Every pattern names at least one spec of this critest (a stale or
+	// mistyped line would silently skip nothing, or too much).
+	specs, err := exec.CommandContext(ctx, critest, "-ginkgo.dry-run", "-ginkgo.v", "-ginkgo.no-color").CombinedOutput()
+	if err != nil {
+		t.Fatalf("critest -ginkgo.dry-run: %v\n%s", err, specs)
+	}
+	names := regexp.MustCompile(`(?m)^\[k8s\.io\] .*$`).FindAllString(string(specs), -1)
 	var skip []string
 	for _, s := range critestSkips() {
-		t.Logf("critest skips %q: %s", s.pattern, s.reason)
+		re := regexp.MustCompile(s.pattern)
+		n := 0
+		for _, name := range names {
+			if re.MatchString(name) {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Errorf("critest skip %q matches none of the %d specs", s.pattern, len(names))
+		}
+		t.Logf("critest skips %q (%d specs): %s", s.pattern, n, s.reason)
 		skip = append(skip, s.pattern)
 	}
 	ep := "unix://" + e.n.sock
@@ -91,5 +108,8 @@ func TestCritest(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatalf("critest: %v\n%s", err, out)
+	}
+	if ran := regexp.MustCompile(`(?m)^Ran ([1-9]\d*) of \d+ Specs`).FindSubmatch(out); ran == nil {
+		t.Fatalf("critest ran no spec:\n%s", out)
 	}
 }
