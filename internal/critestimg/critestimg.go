@@ -1,11 +1,18 @@
 // Package critestimg builds look-alikes of every image critest v1.37.0
-// pulls (see shared notes "critest-images"), so critest and
-// `critest -benchmark` run offline against a registry on 127.0.0.1 that the
-// runtime under test reaches through hosts.toml mirrors of the upstream
-// hosts. The base layer is Debian's dynamically linked busybox with procps'
-// pgrep and util-linux's ipcs and the shared libraries they all need;
-// nginx is Debian's. Downloaded packages are cached in the repository's
-// .tools/critest directory.
+// pulls, so critest and `critest -benchmark` run offline: Push serves them
+// from a registry on 127.0.0.1 under their upstream repository paths, and
+// WriteHosts makes the runtime under test reach that registry through
+// hosts.toml mirrors of the upstream hosts.
+//
+// The base layer is Debian's dynamically linked busybox (busybox-static's
+// shell runs applets in-process, which defeats the MaskedPaths spec) with
+// its applets as hard links, this host's procps pgrep and util-linux ipcs
+// (specs use options busybox's lack), the shared libraries all of them
+// need and the dynamic loader. nginx is Debian's binary with its
+// libraries; nonewprivs and pause are small static Go programs (cmd/).
+// Debian packages are fetched with `apt-get download`, never installed
+// (busybox conflicts with the busybox-static the host keeps), and cached
+// in the repository's .tools/critest.
 package critestimg
 
 import (

@@ -39,7 +39,7 @@ type builder struct {
 	seen        map[string]bool
 }
 
-// fileEntries are the entries for the shared libraries and interpreters
+// libEntries are the entries for the shared libraries and interpreters
 // of l that no earlier layer has, with the directories they need.
 func (b *builder) libEntries(l *sharedLibs) ([]imagetest.Entry, error) {
 	files := map[string]string{} // path in image → host file
@@ -99,14 +99,14 @@ func (b *builder) baseLayer(ctx context.Context, bbRoot string) (v1.Layer, error
 	if err != nil {
 		return nil, fmt.Errorf("%s --list-full: %w", bb, err)
 	}
-	real := map[string]string{"usr/bin/pgrep": "/usr/bin/pgrep", "usr/bin/ipcs": "/usr/bin/ipcs"}
-	for dst, src := range real {
+	hostBins := map[string]string{"usr/bin/pgrep": "/usr/bin/pgrep", "usr/bin/ipcs": "/usr/bin/ipcs"}
+	for dst, src := range hostBins {
 		if _, err := os.Stat(src); err != nil {
 			return nil, fmt.Errorf("the critest base image takes %s from this host (Debian package %s): %w",
 				src, map[string]string{"usr/bin/pgrep": "procps", "usr/bin/ipcs": "util-linux"}[dst], err)
 		}
 	}
-	libs, err := resolveLibs([]string{bb, real["usr/bin/pgrep"], real["usr/bin/ipcs"]}, nil, b.tuple)
+	libs, err := resolveLibs([]string{bb, hostBins["usr/bin/pgrep"], hostBins["usr/bin/ipcs"]}, nil, b.tuple)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (b *builder) baseLayer(ctx context.Context, bbRoot string) (v1.Layer, error
 	}
 	es = append(es, imagetest.Entry{Name: "bin/busybox", Body: string(bbBody), Mode: 0o755})
 	replaced := map[string]bool{}
-	for dst := range real {
+	for dst := range hostBins {
 		replaced[path.Base(dst)] = true
 	}
 	for _, a := range strings.Fields(string(list)) {
@@ -136,7 +136,7 @@ func (b *builder) baseLayer(ctx context.Context, bbRoot string) (v1.Layer, error
 		es = append(es, imagetest.Entry{Name: a, Type: '1', Linkname: "bin/busybox"})
 	}
 	for _, dst := range []string{"usr/bin/pgrep", "usr/bin/ipcs"} {
-		body, err := os.ReadFile(real[dst])
+		body, err := os.ReadFile(hostBins[dst])
 		if err != nil {
 			return nil, fmt.Errorf("base image: %w", err)
 		}
