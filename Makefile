@@ -23,6 +23,8 @@ APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
 # CheckpointContainer dumps through CRIU (see docs/runtime.md for why it
 # cannot run on kernels >= 6.13 with bookworm's 3.17).
 APT_PACKAGES += criu
+# critest's look-alike images copy pgrep (procps) and ipcs (util-linux) from the host.
+APT_PACKAGES += procps
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
