@@ -25,7 +25,6 @@ func critestSkips() []critestSkip {
 		{`Streaming`, "issue 6 streaming: exec, attach and port-forward through the streaming server"},
 		{`listing container stats|listing stats for`, "issue 6 stats: ContainerStats and ListContainerStats"},
 		{`metrics operations`, "issue 6 metrics: ListMetricDescriptors and ListPodSandboxMetrics"},
-		{`Security Context NamespaceOption`, "issue 6 security contexts: host and pod/container PID, IPC and network namespaces"},
 		{`Security Context bucket`, "issue 6 security contexts: users, groups, capabilities, privileged, read-only rootfs, masked and read-only paths"},
 		{`SupplementalGroupsPolicy`, "issue 6 security contexts: SupplementalGroupsPolicy"},
 		{`SeccompProfilePath`, "issue 6 security contexts: seccomp"},
@@ -33,7 +32,6 @@ func critestSkips() []critestSkip {
 		{`UserNamespaces`, "issue 6 security contexts: user namespaces"},
 		{`AppArmor`, "issue 6 security contexts: AppArmor (this kernel has no AppArmor either)"},
 		{`support recursive readonly|reject a recursive readonly`, "issue 6 security contexts: recursive read-only mounts"},
-		{`Image Volume`, "issue 6 image volumes"},
 		{`NRI`, "issue 6 NRI"},
 		{`public image with digest`, "pulls an upstream digest that cannot be rebuilt offline"},
 	}
