@@ -191,28 +191,11 @@ func SystemdPath(spec string) (string, error) {
 	if len(parts) != 3 {
 		return "", fmt.Errorf("systemd cgroup %q is not slice:prefix:name", spec)
 	}
-	slice, prefix, name := parts[0], parts[1], parts[2]
-	if slice == "" {
-		slice = "system.slice"
+	path, err := SystemdSlice(parts[0])
+	if err != nil {
+		return "", err
 	}
-	path := "/"
-	if slice != "-.slice" {
-		base, ok := strings.CutSuffix(slice, ".slice")
-		if !ok || strings.Contains(slice, "/") {
-			return "", fmt.Errorf("systemd slice %q is not a slice name", slice)
-		}
-		var acc string
-		for _, comp := range strings.Split(base, "-") {
-			if comp == "" {
-				return "", fmt.Errorf("systemd slice %q has an empty component", slice)
-			}
-			if acc != "" {
-				acc += "-"
-			}
-			acc += comp
-			path = filepath.Join(path, acc+".slice")
-		}
-	}
+	prefix, name := parts[1], parts[2]
 	unit := name
 	if prefix != "" {
 		unit = prefix + "-" + name
@@ -221,4 +204,61 @@ func SystemdPath(spec string) (string, error) {
 		unit += ".scope"
 	}
 	return filepath.Join(path, unit), nil
+}
+
+// SystemdSlice is the cgroup path of a systemd slice ("" is system.slice).
+func SystemdSlice(slice string) (string, error) {
+	if slice == "" {
+		slice = "system.slice"
+	}
+	path := "/"
+	if slice == "-.slice" {
+		return path, nil
+	}
+	base, ok := strings.CutSuffix(slice, ".slice")
+	if !ok || strings.Contains(slice, "/") {
+		return "", fmt.Errorf("systemd slice %q is not a slice name", slice)
+	}
+	var acc string
+	for _, comp := range strings.Split(base, "-") {
+		if comp == "" {
+			return "", fmt.Errorf("systemd slice %q has an empty component", slice)
+		}
+		if acc != "" {
+			acc += "-"
+		}
+		acc += comp
+		path = filepath.Join(path, acc+".slice")
+	}
+	return path, nil
+}
+
+// HasController reports whether a controller (hugetlb, pids, ...) is
+// usable: mounted on v1, enabled at the root of the v2 hierarchy.
+func (m *Mounts) HasController(name string) bool {
+	if !m.V2() {
+		_, ok := m.V1[name]
+		return ok
+	}
+	s, _, err := readString(m.Unified.Mount, "cgroup.controllers")
+	if err != nil {
+		return false
+	}
+	for _, c := range strings.Fields(s) {
+		if c == name {
+			return true
+		}
+	}
+	return false
+}
+
+// HasPressure reports whether cgroups carry pressure stall information:
+// the kernel keeps it (/proc/pressure) and a cgroup2 hierarchy shows it
+// (on a hybrid host, the runtime's companion cgroups there).
+func (m *Mounts) HasPressure() bool {
+	if m.Unified == nil {
+		return false
+	}
+	_, err := os.Stat("/proc/pressure/cpu")
+	return err == nil
 }

@@ -135,6 +135,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	case cfg.Image == "":
 		return nil, fmt.Errorf("config.image: required: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := m.ValidateResources("config.linux.resources", cfg.Resources); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	ready := p.State == Ready
 	m.mu.Unlock()
@@ -615,6 +618,7 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	m.mu.Lock()
 	delete(m.containers, c.ID)
 	m.mu.Unlock()
+	m.forgetStats(c.ID)
 	m.release(containerKey(c.PodID, c.Meta), c.ID)
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/metrics"
 	"github.com/tripod-dev/tripod/internal/netns"
+	"github.com/tripod-dev/tripod/internal/oci"
 	"github.com/tripod-dev/tripod/internal/rootfs"
 	"golang.org/x/sys/unix"
 )
@@ -126,6 +127,9 @@ type Pod struct {
 	Net     *cnirun.Attachment `json:"net,omitempty"`
 	// Detached is set once the CNI DEL has succeeded.
 	Detached bool `json:"detached,omitempty"`
+	// Overhead and Resources are the last UpdatePodSandboxResources'.
+	Overhead  *oci.Resources `json:"overhead,omitempty"`
+	Resources *oci.Resources `json:"resources,omitempty"`
 }
 
 // IPs are the pod's addresses, IPv4 first.
@@ -149,6 +153,8 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	st         statsState
+	resMu      sync.Mutex // serialises resource updates
 }
 
 type coreMetrics struct {
@@ -670,6 +676,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	m.mu.Lock()
 	delete(m.pods, p.ID)
 	m.mu.Unlock()
+	m.forgetStats(p.ID)
 	m.release(podKey(p.Meta), p.ID)
 	return nil
 }
