@@ -303,3 +303,154 @@ func TestContainerAndPodStats(t *testing.T) {
 		t.Errorf("ContainerStats without an ID: %v", err)
 	}
 }
+
+func (e *podEnv) update(id string, r *runtimeapi.LinuxContainerResources) error {
+	_, err := e.rt.UpdateContainerResources(testCtx(e.t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: id, Linux: r})
+	return err
+}
+
+// TestUpdateResources resizes a running container in place (the cgroup
+// files, ContainerStatus.resources and the stats follow, and the new
+// limits survive a restart of tripodd), refuses a memory limit below what
+// the container holds in tmpfs without touching any limit, names invalid
+// fields, and applies a pod's resources plus overhead to its own cgroup.
+func TestUpdateResources(t *testing.T) {
+	v1Host(t)
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	podA, podCg := e.ownPod("a")
+	podB := e.runPod("b")
+	app := e.createWith(podA, "a", "app", &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 50000, CpuShares: 512,
+		MemoryLimitInBytes: 128 << 20, MemorySwapLimitInBytes: 128 << 20},
+		"sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=32 2>/dev/null; touch /tmp/ready; exec sleep 100000")
+	e.start(app)
+	waitPath(t, filepath.Join(e.n.root, "runtime", "containers", app, "upper", "tmp", "ready"))
+	cg := podCg + "/" + app
+	if r := e.status(app).Resources.GetLinux(); r.CpuQuota != 50000 || r.MemoryLimitInBytes != 128<<20 || r.MemorySwapLimitInBytes != 128<<20 {
+		t.Fatalf("resources at creation: %v", r)
+	}
+
+	if err := e.update(app, &runtimeapi.LinuxContainerResources{CpuQuota: 150000, CpuShares: 1024, MemoryLimitInBytes: 256 << 20,
+		MemorySwapLimitInBytes: 256 << 20, CpusetCpus: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	files := func(want map[string]string) {
+		t.Helper()
+		for f, v := range want {
+			ctrl, _, _ := strings.Cut(f, ".")
+			if ctrl == "cpu" && strings.HasPrefix(f, "cpuset") {
+				ctrl = "cpuset"
+			}
+			if got := cgroupFile(t, ctrl, cg, f); got != v {
+				t.Errorf("%s = %s, want %s", f, got, v)
+			}
+		}
+	}
+	files(map[string]string{"cpu.cfs_quota_us": "150000", "cpu.cfs_period_us": "100000", "cpu.shares": "1024",
+		"memory.limit_in_bytes": strconv.Itoa(256 << 20), "memory.memsw.limit_in_bytes": strconv.Itoa(256 << 20), "cpuset.cpus": "0"})
+	r := e.status(app).Resources.GetLinux()
+	if r.CpuQuota != 150000 || r.CpuPeriod != 100000 || r.CpuShares != 1024 || r.MemoryLimitInBytes != 256<<20 || r.CpusetCpus != "0" {
+		t.Errorf("status after resize: %v", r)
+	}
+	if m := e.ctrStats(app).Memory; m.AvailableBytes.GetValue() != 256<<20-m.WorkingSetBytes.Value {
+		t.Errorf("available after resize: %v of %v", m.AvailableBytes, m.WorkingSetBytes)
+	}
+	// Memory alone: a container allowed no swap keeps none.
+	if err := e.update(app, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 200 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	files(map[string]string{"memory.limit_in_bytes": strconv.Itoa(200 << 20), "memory.memsw.limit_in_bytes": strconv.Itoa(200 << 20)})
+
+	// 8 MiB is below the 32 MiB the container holds in tmpfs: the kernel
+	// cannot reclaim them, nothing changes.
+	err := e.update(app, &runtimeapi.LinuxContainerResources{CpuQuota: 20000, MemoryLimitInBytes: 8 << 20, MemorySwapLimitInBytes: 8 << 20})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "memory_limit_in_bytes") || !strings.Contains(err.Error(), "usage") {
+		t.Fatalf("limit below usage: %v", err)
+	}
+	files(map[string]string{"memory.limit_in_bytes": strconv.Itoa(200 << 20), "memory.memsw.limit_in_bytes": strconv.Itoa(200 << 20), "cpu.cfs_quota_us": "150000"})
+	if r := e.status(app).Resources.GetLinux(); r.MemoryLimitInBytes != 200<<20 || r.CpuQuota != 150000 {
+		t.Errorf("status after a refused resize: %v", r)
+	}
+	// The container is still there and running.
+	if st := e.status(app); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("after the refused resize: %v", st.State)
+	}
+
+	for field, bad := range map[string]*runtimeapi.LinuxContainerResources{
+		"cpu_period":                 {CpuPeriod: 10},
+		"cpu_quota":                  {CpuQuota: 5},
+		"cpu_shares":                 {CpuShares: 1 << 20},
+		"memory_limit_in_bytes":      {MemoryLimitInBytes: -5},
+		"memory_swap_limit_in_bytes": {MemoryLimitInBytes: 64 << 20, MemorySwapLimitInBytes: 32 << 20},
+		"cpuset_cpus":                {CpusetCpus: "4096"},
+		"cpuset_mems":                {CpusetMems: "0-x"},
+		"hugepage_limits":            {HugepageLimits: []*runtimeapi.HugepageLimit{{PageSize: "2XB", Limit: 1}}},
+		"unified":                    {Unified: map[string]string{"memory.high": "1"}},
+	} {
+		err := e.update(app, bad)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "linux."+field) {
+			t.Errorf("%s: %v, want InvalidArgument naming linux.%s", field, err, field)
+		}
+	}
+	files(map[string]string{"cpu.cfs_period_us": "100000", "cpu.shares": "1024", "cpuset.cpus": "0"})
+	if err := e.update("nope", &runtimeapi.LinuxContainerResources{CpuShares: 2}); status.Code(err) != codes.NotFound {
+		t.Errorf("unknown container: %v", err)
+	}
+	if _, err := e.rt.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: app}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("no linux resources: %v", err)
+	}
+	job := e.createWith(podB, "b", "job", nil, "true")
+	e.start(job)
+	e.waitExited(job)
+	if err := e.update(job, &runtimeapi.LinuxContainerResources{CpuShares: 2}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("exited container: %v", err)
+	}
+
+	// Recorded: a restarted tripodd reports the same.
+	e.d.kill()
+	e.boot()
+	if r := e.status(app).Resources.GetLinux(); r.MemoryLimitInBytes != 200<<20 || r.MemorySwapLimitInBytes != 200<<20 || r.CpuQuota != 150000 || r.CpusetCpus != "0" {
+		t.Errorf("resources after a restart: %v", r)
+	}
+
+	// The pod's own cgroup gets the containers' sum plus the overhead.
+	_, err = e.rt.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podA,
+		Overhead:  &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 10000, CpuShares: 100, MemoryLimitInBytes: 16 << 20},
+		Resources: &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 150000, CpuShares: 1024, MemoryLimitInBytes: 200 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for f, want := range map[string]string{"cpu.cfs_quota_us": "160000", "cpu.shares": "1124", "memory.limit_in_bytes": strconv.Itoa(216 << 20)} {
+		ctrl, _, _ := strings.Cut(f, ".")
+		if got := cgroupFile(t, ctrl, podCg, f); got != want {
+			t.Errorf("pod cgroup %s = %s, want %s", f, got, want)
+		}
+	}
+	// Below what the pod uses: refused, the pod's limit kept.
+	_, err = e.rt.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podA,
+		Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 4 << 20}})
+	if status.Code(err) != codes.FailedPrecondition || cgroupFile(t, "memory", podCg, "memory.limit_in_bytes") != strconv.Itoa(216<<20) {
+		t.Errorf("pod limit below usage: %v, limit now %s", err, cgroupFile(t, "memory", podCg, "memory.limit_in_bytes"))
+	}
+	// Pod b's cgroup parent holds pod a too: recorded, not applied.
+	before := cgroupFile(t, "memory", e.cgroup, "memory.limit_in_bytes")
+	if _, err := e.rt.UpdatePodSandboxResources(ctx, &runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podB,
+		Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 64 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	if after := cgroupFile(t, "memory", e.cgroup, "memory.limit_in_bytes"); after != before {
+		t.Errorf("a shared cgroup parent was limited: %s → %s", before, after)
+	}
+	for name, c := range map[string]struct {
+		req  *runtimeapi.UpdatePodSandboxResourcesRequest
+		code codes.Code
+	}{
+		"unknown": {&runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: "nope"}, codes.NotFound},
+		"no id":   {&runtimeapi.UpdatePodSandboxResourcesRequest{}, codes.InvalidArgument},
+		"invalid": {&runtimeapi.UpdatePodSandboxResourcesRequest{PodSandboxId: podA, Overhead: &runtimeapi.LinuxContainerResources{CpuShares: -1}}, codes.InvalidArgument},
+	} {
+		if _, err := e.rt.UpdatePodSandboxResources(ctx, c.req); status.Code(err) != c.code {
+			t.Errorf("UpdatePodSandboxResources %s: %v, want %v", name, err, c.code)
+		}
+	}
+}
