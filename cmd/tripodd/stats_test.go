@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tripod-dev/tripod/internal/cgroups"
 )
 
@@ -452,5 +454,190 @@ func TestUpdateResources(t *testing.T) {
 		if _, err := e.rt.UpdatePodSandboxResources(ctx, c.req); status.Code(err) != c.code {
 			t.Errorf("UpdatePodSandboxResources %s: %v, want %v", name, err, c.code)
 		}
+	}
+}
+
+// TestPodSandboxMetrics checks ListMetricDescriptors against cAdvisor's
+// names and ListPodSandboxMetrics's values against the cgroup files of a
+// running container and its pod's own cgroup: label sets as described,
+// limits exact, usage within what changes between two reads.
+func TestPodSandboxMetrics(t *testing.T) {
+	v1Host(t)
+	e := newPodEnv(t)
+	ctx := testCtx(t)
+	podA, podCg := e.ownPod("a")
+	app := e.createWith(podA, "a", "app", &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 20000, CpuShares: 1024,
+		MemoryLimitInBytes: 64 << 20, MemorySwapLimitInBytes: 64 << 20},
+		"sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=16 2>/dev/null; head -c 1048576 /dev/zero > /tmp/written; touch /tmp/ready; exec sleep 100000")
+	e.start(app)
+	upper := filepath.Join(e.n.root, "runtime", "containers", app, "upper")
+	waitPath(t, filepath.Join(upper, "tmp", "ready"))
+	cg := podCg + "/" + app
+
+	dr, err := e.rt.ListMetricDescriptors(ctx, &runtimeapi.ListMetricDescriptorsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	descs := map[string]*runtimeapi.MetricDescriptor{}
+	for _, d := range dr.Descriptors {
+		if d.Help == "" || !slices.Equal(d.LabelKeys[:6], []string{"container", "id", "image", "name", "namespace", "pod"}) {
+			t.Errorf("descriptor %s: help %q, labels %v", d.Name, d.Help, d.LabelKeys)
+		}
+		descs[d.Name] = d
+	}
+	// cAdvisor's names that cgroup v1 with its memsw, kmem, pids and
+	// blkio files gives, and a network namespace.
+	for _, name := range []string{"container_cpu_usage_seconds_total", "container_cpu_user_seconds_total", "container_cpu_system_seconds_total",
+		"container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total", "container_cpu_cfs_throttled_seconds_total",
+		"container_memory_usage_bytes", "container_memory_working_set_bytes", "container_memory_rss", "container_memory_cache",
+		"container_memory_swap", "container_memory_failcnt", "container_memory_failures_total", "container_memory_kernel_usage",
+		"container_memory_mapped_file", "container_memory_max_usage_bytes", "container_oom_events_total",
+		"container_network_receive_bytes_total", "container_network_transmit_bytes_total", "container_network_receive_packets_total",
+		"container_network_transmit_packets_total", "container_network_receive_errors_total", "container_network_transmit_errors_total",
+		"container_network_receive_packets_dropped_total", "container_network_transmit_packets_dropped_total",
+		"container_fs_usage_bytes", "container_fs_limit_bytes", "container_fs_inodes_free", "container_fs_inodes_total",
+		"container_fs_reads_bytes_total", "container_fs_writes_bytes_total", "container_fs_reads_total", "container_fs_writes_total",
+		"container_blkio_device_usage_total", "container_processes", "container_threads", "container_threads_max",
+		"container_file_descriptors", "container_sockets", "container_spec_cpu_period", "container_spec_cpu_quota", "container_spec_cpu_shares",
+		"container_spec_memory_limit_bytes", "container_spec_memory_swap_limit_bytes", "container_spec_memory_reservation_limit_bytes",
+		"container_last_seen", "container_start_time_seconds"} {
+		if descs[name] == nil {
+			t.Errorf("no descriptor %s", name)
+		}
+	}
+	m, _ := cgroups.Discover()
+	if _, hugetlb := m.V1["hugetlb"]; (descs["container_hugetlb_usage_bytes"] != nil) != hugetlb {
+		t.Errorf("hugetlb descriptors without a hugetlb controller, or the reverse")
+	}
+
+	mr, err := e.rt.ListPodSandboxMetrics(ctx, &runtimeapi.ListPodSandboxMetricsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pm *runtimeapi.PodSandboxMetrics
+	for _, p := range mr.PodMetrics {
+		if p.PodSandboxId == podA {
+			pm = p
+		}
+	}
+	if pm == nil || len(pm.ContainerMetrics) != 1 || pm.ContainerMetrics[0].ContainerId != app {
+		t.Fatalf("pod metrics: %v", pm)
+	}
+	// Every metric has the labels its descriptor names.
+	check := func(ms []*runtimeapi.Metric) map[string][]*runtimeapi.Metric {
+		by := map[string][]*runtimeapi.Metric{}
+		for _, x := range ms {
+			d := descs[x.Name]
+			if d == nil || len(x.LabelValues) != len(d.LabelKeys) {
+				t.Errorf("metric %s: labels %v for descriptor %v", x.Name, x.LabelValues, d)
+				continue
+			}
+			by[x.Name] = append(by[x.Name], x)
+		}
+		return by
+	}
+	ctr, podLevel := check(pm.ContainerMetrics[0].Metrics), check(pm.Metrics)
+	value := func(by map[string][]*runtimeapi.Metric, name string) uint64 {
+		t.Helper()
+		if len(by[name]) != 1 {
+			t.Fatalf("%s: %d values", name, len(by[name]))
+		}
+		return by[name][0].Value.Value
+	}
+	st := e.status(app)
+	if l := ctr["container_memory_usage_bytes"][0].LabelValues; !slices.Equal(l, []string{"app", cg, e.image, app, "test", "a"}) {
+		t.Errorf("container labels %v", l)
+	}
+	memStat := map[string]uint64{}
+	for _, line := range strings.Split(cgroupFile(t, "memory", cg, "memory.stat"), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		memStat[k], _ = strconv.ParseUint(v, 10, 64)
+	}
+	for name, want := range map[string]uint64{
+		// Limits: exact.
+		"container_spec_memory_limit_bytes":      cgroupUint(t, "memory", cg, "memory.limit_in_bytes"),
+		"container_spec_memory_swap_limit_bytes": cgroupUint(t, "memory", cg, "memory.memsw.limit_in_bytes"),
+		"container_spec_cpu_quota":               cgroupUint(t, "cpu", cg, "cpu.cfs_quota_us"),
+		"container_spec_cpu_period":              cgroupUint(t, "cpu", cg, "cpu.cfs_period_us"),
+		"container_spec_cpu_shares":              cgroupUint(t, "cpu", cg, "cpu.shares"),
+		"container_oom_events_total":             0,
+		"container_processes":                    1,
+		"container_threads":                      1,
+		"container_start_time_seconds":           uint64(st.StartedAt / 1e9),
+	} {
+		if got := value(ctr, name); got != want {
+			t.Errorf("%s = %d, want %d", name, got, want)
+		}
+	}
+	if got := value(ctr, "container_spec_memory_limit_bytes"); got != 64<<20 {
+		t.Errorf("memory limit %d", got)
+	}
+	// Usage: the sleeping container's memory moves little between reads.
+	for name, c := range map[string]struct{ want, slack uint64 }{
+		"container_memory_usage_bytes":       {cgroupUint(t, "memory", cg, "memory.usage_in_bytes"), 2 << 20},
+		"container_memory_cache":             {memStat["total_cache"], 2 << 20},
+		"container_memory_rss":               {memStat["total_rss"], 2 << 20},
+		"container_memory_mapped_file":       {memStat["total_mapped_file"], 2 << 20},
+		"container_memory_working_set_bytes": {cgroupUint(t, "memory", cg, "memory.usage_in_bytes") - memStat["total_inactive_file"], 2 << 20},
+		"container_memory_kernel_usage":      {cgroupUint(t, "memory", cg, "memory.kmem.usage_in_bytes"), 2 << 20},
+	} {
+		if got := value(ctr, name); !within(got, c.want, c.slack) {
+			t.Errorf("%s = %d, cgroup says %d", name, got, c.want)
+		}
+	}
+	if value(ctr, "container_memory_cache") < 16<<20 {
+		t.Errorf("the 16 MiB in tmpfs are not in the cache: %d", value(ctr, "container_memory_cache"))
+	}
+	var cpuSum uint64
+	for _, x := range ctr["container_cpu_usage_seconds_total"] {
+		if !strings.HasPrefix(x.LabelValues[6], "cpu") {
+			t.Errorf("cpu label %q", x.LabelValues[6])
+		}
+		cpuSum += x.Value.Value
+	}
+	if cpuSum > cgroupUint(t, "cpuacct", cg, "cpuacct.usage")/1e9 {
+		t.Errorf("cpu seconds %d above cpuacct.usage", cpuSum)
+	}
+	cpuStat := map[string]uint64{}
+	for _, line := range strings.Split(cgroupFile(t, "cpu", cg, "cpu.stat"), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		cpuStat[k], _ = strconv.ParseUint(v, 10, 64)
+	}
+	if p := value(ctr, "container_cpu_cfs_periods_total"); p > cpuStat["nr_periods"] {
+		t.Errorf("cfs periods %d, above cpu.stat's %d read after", p, cpuStat["nr_periods"])
+	}
+	if got := value(ctr, "container_threads_max"); got != 0 || cgroupFile(t, "pids", cg, "pids.max") != "max" {
+		t.Errorf("threads max %d (0 is no limit), pids.max %s", got, cgroupFile(t, "pids", cg, "pids.max"))
+	}
+	if got := len(ctr["container_memory_failures_total"]); got != 4 {
+		t.Errorf("%d memory failure series, want 4", got)
+	}
+	if fds := value(ctr, "container_file_descriptors"); fds < 3 {
+		t.Errorf("file descriptors %d", fds)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(upper, &sfs); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(ctr, "container_fs_limit_bytes"); got != sfs.Blocks*uint64(sfs.Bsize) {
+		t.Errorf("fs limit %d, statfs %d", got, sfs.Blocks*uint64(sfs.Bsize))
+	}
+	if got := value(ctr, "container_fs_inodes_total"); got != sfs.Files {
+		t.Errorf("fs inodes %d, statfs %d", got, sfs.Files)
+	}
+	if got := value(ctr, "container_fs_usage_bytes"); got < 1<<20 || got > 1<<20+256<<10 {
+		t.Errorf("fs usage %d after a 1 MiB file", got)
+	}
+
+	// The pod: its own cgroup and its network, with container "".
+	if got, want := value(podLevel, "container_memory_usage_bytes"), cgroupUint(t, "memory", podCg, "memory.usage_in_bytes"); !within(got, want, 2<<20) {
+		t.Errorf("pod memory %d, cgroup %d", got, want)
+	}
+	rx := podLevel["container_network_receive_bytes_total"]
+	if len(rx) != 1 || !slices.Equal(rx[0].LabelValues, []string{"", podCg, "", "", "test", "a", "eth0"}) {
+		t.Errorf("pod network series: %v", rx)
+	}
+	if len(podLevel["container_processes"]) != 0 || len(podLevel["container_fs_usage_bytes"]) != 0 {
+		t.Error("container-only metrics at pod level")
 	}
 }

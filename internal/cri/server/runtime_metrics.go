@@ -229,6 +229,13 @@ func metricDefs(mounts *cgroups.Mounts) []metricDef {
 			values: withProcs(func(p *cgroups.ProcessStats) []mval { return one(p.Processes) })},
 		{name: "container_threads", help: "Number of threads running inside the container", gauge: true,
 			values: withProcs(func(p *cgroups.ProcessStats) []mval { return one(p.Threads) })},
+		{name: "container_threads_max", help: "Maximum number of threads allowed inside the container, infinity if value is zero", gauge: true,
+			values: withStats(func(s *cgroups.Stats) []mval {
+				if !s.Pids.Has {
+					return nil
+				}
+				return one(specBytes(s.Pids.Limit))
+			})},
 		{name: "container_file_descriptors", help: "Number of open file descriptors for the container.", gauge: true,
 			values: withProcs(func(p *cgroups.ProcessStats) []mval { return one(p.FDs) })},
 		{name: "container_sockets", help: "Number of open sockets for the container.", gauge: true,
