@@ -116,6 +116,28 @@ func (e *podEnv) podStats(id string) *runtimeapi.PodSandboxStats {
 	return r.Stats
 }
 
+// psiTotal is the "some" or "full" total (µs) of a cgroup's pressure file
+// in the cgroup2 hierarchy (the companion one on a hybrid host); ok is
+// false without one.
+func psiTotal(t *testing.T, path, file, kind string) (uint64, bool) {
+	t.Helper()
+	m, err := cgroups.Discover()
+	if err != nil || m.Unified == nil {
+		return 0, false
+	}
+	b, err := os.ReadFile(filepath.Join(m.Unified.Mount, path, file))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 5 && f[0] == kind {
+			v, err := strconv.ParseUint(strings.TrimPrefix(f[4], "total="), 10, 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
 func within(a, b, slack uint64) bool { return a+slack >= b && b+slack >= a }
 
 // TestContainerAndPodStats checks the CRI stats of a pod with a cgroup of
@@ -192,6 +214,18 @@ func TestContainerAndPodStats(t *testing.T) {
 			t.Fatalf("cpu usage did not rise: %d then %d", s1.Cpu.UsageCoreNanoSeconds.Value, s2.Cpu.UsageCoreNanoSeconds.Value)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Pressure stall information, where the kernel keeps it for the
+	// cgroup: a counter in nanoseconds, never ahead of the file.
+	if total, ok := psiTotal(t, ctrCg, "cpu.pressure", "some"); ok {
+		s3 := e.ctrStats(burn)
+		after, _ := psiTotal(t, ctrCg, "cpu.pressure", "some")
+		if s3.Cpu.Psi == nil || s3.Cpu.Psi.Some.Total < total*1000 || s3.Cpu.Psi.Some.Total > after*1000 || s3.Memory.Psi == nil || s3.Io == nil {
+			t.Errorf("cpu pressure %v, cpu.pressure total %d then %d µs", s3.Cpu.Psi, total, after)
+		}
+	} else {
+		t.Logf("no cgroup2 pressure files for %s: pressure not checked", ctrCg)
 	}
 
 	// The pod's totals come from its own cgroup, which holds the
@@ -627,6 +661,15 @@ func TestPodSandboxMetrics(t *testing.T) {
 	}
 	if got := value(ctr, "container_fs_usage_bytes"); got < 1<<20 || got > 1<<20+256<<10 {
 		t.Errorf("fs usage %d after a 1 MiB file", got)
+	}
+
+	if _, ok := psiTotal(t, cg, "memory.pressure", "full"); ok {
+		after, _ := psiTotal(t, cg, "memory.pressure", "full")
+		if got := value(ctr, "container_pressure_memory_stalled_seconds_total"); got > after/1e6 {
+			t.Errorf("memory stalled %d s, memory.pressure %d µs", got, after)
+		}
+	} else if descs["container_pressure_cpu_waiting_seconds_total"] != nil {
+		t.Errorf("pressure descriptors without pressure files for %s", cg)
 	}
 
 	// The pod: its own cgroup and its network, with container "".
