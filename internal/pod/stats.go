@@ -399,7 +399,13 @@ func (m *Manager) PodStats(ctx context.Context, id string) (*PodStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m.podStats(ctx, p, statsOpts{fresh: true})
+	var cs []*Container
+	for _, c := range m.Containers(ContainerFilter{PodID: p.ID}) {
+		if c.PodID == p.ID {
+			cs = append(cs, c)
+		}
+	}
+	return m.podStats(ctx, p, cs, statsOpts{fresh: true})
 }
 
 // ListPodStats measures the pods f selects.
@@ -414,9 +420,14 @@ func (m *Manager) PodMetrics(ctx context.Context) ([]*PodStats, error) {
 
 func (m *Manager) listPodStats(ctx context.Context, f PodFilter, o statsOpts) ([]*PodStats, error) {
 	ps := m.Pods(f)
+	// One pass over the containers for all pods.
+	byPod := map[string][]*Container{}
+	for _, c := range m.Containers(ContainerFilter{}) {
+		byPod[c.PodID] = append(byPod[c.PodID], c)
+	}
 	out := make([]*PodStats, 0, len(ps))
 	for _, p := range ps {
-		s, err := m.podStats(ctx, p, o)
+		s, err := m.podStats(ctx, p, byPod[p.ID], o)
 		if err != nil {
 			return nil, err
 		}
@@ -428,18 +439,16 @@ func (m *Manager) listPodStats(ctx context.Context, f PodFilter, o statsOpts) ([
 	return out, nil
 }
 
-func (m *Manager) podStats(ctx context.Context, p *Pod, o statsOpts) (*PodStats, error) {
+// podStats measures pod p and its containers cs.
+func (m *Manager) podStats(ctx context.Context, p *Pod, cs []*Container, o statsOpts) (*PodStats, error) {
 	s := &PodStats{Pod: *p, Timestamp: time.Now().UnixNano()}
-	for _, c := range m.Containers(ContainerFilter{PodID: p.ID}) {
-		if c.PodID != p.ID {
-			continue
-		}
-		cs, err := m.containerStats(ctx, c, o)
+	for _, c := range cs {
+		st, err := m.containerStats(ctx, c, o)
 		if err != nil {
 			return nil, err
 		}
-		s.Containers = append(s.Containers, cs)
-		s.Processes += cs.Procs.Processes
+		s.Containers = append(s.Containers, st)
+		s.Processes += st.Procs.Processes
 	}
 	if path := m.podCgroup(p); path != "" {
 		mounts, err := m.CgroupMounts()
