@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	}
 	d.Images, err = image.New(ctx, image.Options{
 		Root:             ImageRoot(cfg.Root),
-		ContainerDir:     filepath.Join(cfg.Root, "containers"),
+		ContainerDir:     filepath.Join(cfg.Root, "runtime", "containers"), // the pod core's writable layers
 		HostsDir:         cfg.Image.RegistryHostsDir,
 		Auths:            auths,
 		Platform:         pull.Platform{OS: os_, Architecture: arch, Variant: variant},

@@ -140,6 +140,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	case cfg.Image == "":
 		return nil, fmt.Errorf("config.image: required: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := m.ValidateResources("config.linux.resources", cfg.Resources); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	ready := p.State == Ready
 	m.mu.Unlock()
@@ -662,6 +665,7 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 		m.publishLocked(ContainerDeleted, c.ID, c.PodID)
 	}
 	m.mu.Unlock()
+	m.forgetStats(c.ID)
 	m.release(containerKey(c.PodID, c.Meta), c.ID)
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/metrics"
 	"github.com/tripod-dev/tripod/internal/netns"
+	"github.com/tripod-dev/tripod/internal/oci"
 	"github.com/tripod-dev/tripod/internal/rootfs"
 	"golang.org/x/sys/unix"
 )
@@ -129,6 +130,9 @@ type Pod struct {
 	Net     *cnirun.Attachment `json:"net,omitempty"`
 	// Detached is set once the CNI DEL has succeeded.
 	Detached bool `json:"detached,omitempty"`
+	// Overhead and Resources are the last UpdatePodSandboxResources'.
+	Overhead  *oci.Resources `json:"overhead,omitempty"`
+	Resources *oci.Resources `json:"resources,omitempty"`
 }
 
 // IPs are the pod's addresses, IPv4 first.
@@ -153,6 +157,8 @@ type Manager struct {
 	podCIDR    string
 	m          coreMetrics
 	ev         eventState
+	st         statsState
+	resMu      sync.Mutex // serialises resource updates
 }
 
 type coreMetrics struct {
@@ -690,6 +696,7 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	m.publishLocked(ContainerDeleted, p.ID, p.ID)
 	delete(m.pods, p.ID)
 	m.mu.Unlock()
+	m.forgetStats(p.ID)
 	m.release(podKey(p.Meta), p.ID)
 	return nil
 }

@@ -305,8 +305,7 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	}
 	if l := c.Linux; l != nil {
 		if r := l.Resources; r != nil {
-			cfg.Resources = oci.Resources{CPUPeriod: r.CpuPeriod, CPUQuota: r.CpuQuota, CPUShares: r.CpuShares,
-				MemoryLimit: r.MemoryLimitInBytes, CpusetCpus: r.CpusetCpus, CpusetMems: r.CpusetMems, OOMScoreAdj: r.OomScoreAdj}
+			cfg.Resources = ociResources(r)
 		}
 		if sc := l.SecurityContext; sc != nil {
 			if sc.RunAsUser != nil {
@@ -395,6 +394,7 @@ func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 		Id: c.ID, Metadata: ctrMeta(c), State: ctrState(c.State), CreatedAt: c.CreatedAt, StartedAt: c.StartedAt,
 		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID,
 		ImageId: c.ImageID, Reason: c.Reason, Message: c.Message, Labels: c.Labels, Annotations: c.Annotations, LogPath: c.FullLog,
+		Resources: criResources(c.Resources),
 	}
 	for _, mt := range c.Mounts {
 		prop := runtimeapi.MountPropagation_PROPAGATION_PRIVATE
