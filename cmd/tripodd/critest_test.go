@@ -23,8 +23,6 @@ type critestSkip struct{ pattern, reason string }
 func critestSkips() []critestSkip {
 	return []critestSkip{
 		{`Streaming`, "issue 6 streaming: exec, attach and port-forward through the streaming server"},
-		{`listing container stats|listing stats for`, "issue 6 stats: ContainerStats and ListContainerStats"},
-		{`metrics operations`, "issue 6 metrics: ListMetricDescriptors and ListPodSandboxMetrics"},
 		{`Security Context bucket`, "issue 6 security contexts: users, groups, capabilities, privileged, read-only rootfs, masked and read-only paths"},
 		{`SupplementalGroupsPolicy`, "issue 6 security contexts: SupplementalGroupsPolicy"},
 		{`SeccompProfilePath`, "issue 6 security contexts: seccomp"},

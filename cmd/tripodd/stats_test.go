@@ -234,8 +234,9 @@ func TestContainerAndPodStats(t *testing.T) {
 	if ps.Attributes.Id != podA || ps.Attributes.Metadata.Name != "a" {
 		t.Fatalf("pod attributes: %v", ps.Attributes)
 	}
-	podUsage := cgroupUint(t, "cpuacct", podCg, "cpuacct.usage")
+	// The container is still burning CPU: read it before its pod.
 	ctrUsage := cgroupUint(t, "cpuacct", ctrCg, "cpuacct.usage")
+	podUsage := cgroupUint(t, "cpuacct", podCg, "cpuacct.usage")
 	if u := ps.Linux.Cpu.UsageCoreNanoSeconds.Value; u > podUsage || u < s1.Cpu.UsageCoreNanoSeconds.Value || podUsage < ctrUsage {
 		t.Errorf("pod cpu %d, pod cgroup %d, container cgroup %d", u, podUsage, ctrUsage)
 	}

@@ -486,6 +486,7 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 		if sig == "" {
 			sig = "SIGTERM"
 		}
+		waitExeced(ctx, c.Pid)
 		caught := catches(c.Pid, sig)
 		if err := m.signal(ctx, c, sig, false); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
@@ -522,11 +523,7 @@ func catches(pid int, sig string) bool {
 	if err != nil {
 		return true
 	}
-	// Right after `runtime start` returns, the init may still be the
-	// runtime's own (runc's Go init catches every signal) for a moment
-	// before it execs the container's process, which resets handlers: a
-	// signal it takes then is lost just the same.
-	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.HasPrefix(string(comm), "runc:") {
+	if stillRuntimeInit(pid) {
 		return false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
@@ -536,6 +533,29 @@ func catches(pid int, sig string) bool {
 		}
 	}
 	return true
+}
+
+// stillRuntimeInit reports whether pid is still the OCI runtime's own init
+// (runc names it "runc:[2:INIT]"): right after `runtime start` returns it
+// may not have exec'd the container's process yet. A signal must not reach
+// it then: runc's Go init dies of SIGTERM with exit status 2 instead of the
+// container handling it.
+func stillRuntimeInit(pid int) bool {
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.HasPrefix(string(comm), "runc:")
+}
+
+// waitExeced waits, briefly, until pid is no longer the runtime's init.
+func waitExeced(ctx context.Context, pid int) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for pid > 0 && stillRuntimeInit(pid) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
 }
 
 // resendWhenCaught sends sig once more as soon as the container's init
