@@ -30,6 +30,9 @@ func (c *cli) down(ctx context.Context, args []string) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("down: unexpected arguments %q", fs.Args())
 	}
+	if os.Geteuid() != 0 {
+		return errors.New("tripod down needs root")
+	}
 	s, err := sf.load()
 	if err != nil {
 		return err

@@ -51,6 +51,9 @@ func (c *cli) up(ctx context.Context, args []string) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("up: unexpected arguments %q", fs.Args())
 	}
+	if os.Geteuid() != 0 {
+		return errors.New("tripod up needs root: it runs the container runtime and writes /opt/cni/bin and /etc/cni/net.d")
+	}
 	s, err := sf.load()
 	if err != nil {
 		return err
@@ -480,18 +483,23 @@ func (s *stack) report(o upOptions, started []*daemonctl.Started, netNote string
 		fmt.Println("  CNI  " + netNote)
 	}
 	crictl, note := crictlCommand(o.crictlConfig, listen)
-	if note != "" {
-		note = "  # " + note
+	down := "tripod down"
+	if f := s.downFlags(); f != "" {
+		down += " " + f
 	}
 	fmt.Println("Next:")
-	fmt.Printf("  %s info%s\n", crictl, note)
-	fmt.Printf("  %s pull busybox && %s runp pod.json      # pods and containers through the CRI\n", crictl, crictl)
-	fmt.Printf("  kubelet --container-runtime-endpoint=%s ...   # (and cgroupDriver: %s)\n", listen, s.cri.Runtime.CgroupDriver)
-	down := "tripod down"
-	if flagsNeeded := s.downFlags(); flagsNeeded != "" {
-		down += " " + flagsNeeded
+	for _, l := range [][2]string{
+		{crictl + " info", note},
+		{crictl + " pull busybox", "then crictl runp/create/start, or kubelet:"},
+		{"kubelet --container-runtime-endpoint=" + listen, "with cgroupDriver: " + s.cri.Runtime.CgroupDriver},
+		{down, "stops both; containers keep running (--pods stops and removes them first)"},
+	} {
+		if l[1] == "" {
+			fmt.Println("  " + l[0])
+			continue
+		}
+		fmt.Printf("  %-44s # %s\n", l[0], l[1])
 	}
-	fmt.Printf("  %s   # stops both; containers keep running (add --pods to stop and remove them first)\n", down)
 	return nil
 }
 
@@ -529,7 +537,7 @@ func crictlCommand(path, listen string) (cmd, note string) {
 			return flags, note
 		}
 		if note == "" {
-			note = path + " written: it points crictl at tripodd"
+			note = path + " (written now) points crictl at tripodd"
 		}
 		return plain, note
 	case err != nil:

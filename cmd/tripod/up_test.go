@@ -410,6 +410,7 @@ func TestUpDown(t *testing.T) {
 		return netlink.AddrAdd(br, a)
 	})
 	out := e.must(append([]string{"up"}, e.upArgs()...)...)
+	t.Logf("tripod up:\n%s", out)
 	for _, want := range []string{"tripod is up.", "unix://" + e.p("state/tripod.sock"), "unix://" + e.p("state/csi.sock"),
 		"10.89.0.0/16", "crictl --config " + e.p("crictl.yaml") + " info", "tripod down --config " + e.p("tripod.toml") + " --state " + e.p("state")} {
 		if !strings.Contains(out, want) {
