@@ -31,6 +31,10 @@ type Config struct {
 	Image   Image   `toml:"image"`
 	Runtime Runtime `toml:"runtime"`
 	Metrics Metrics `toml:"metrics"`
+
+	// CSI is tripod-csi's [csi] table, kept in the same file so a node has
+	// one config; tripod-csi parses it (tripod-csi --print-config).
+	CSI map[string]any `toml:"csi,omitempty" comment:"tripod-csi's settings; tripodd ignores them"`
 }
 
 // TLS serves a tcp:// CRI endpoint over mutual TLS. The CRI has no
