@@ -42,8 +42,7 @@ func TestCDIDevices(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(specDir, "tpdev.json"), []byte(spec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Appended to the test env's config, which ends in its [runtime] table.
-	e := newPodEnvConf(t, fmt.Sprintf("cdi_spec_dirs = [%q]\n", specDir))
+	e := newPodEnvConf(t, fmt.Sprintf("cdi_spec_dirs = [%q]\n", specDir), nil)
 	podID := e.runPod("cdi")
 	ctx := testCtx(t)
 	create := func(name string, cdi []string, ann map[string]string) (string, error) {

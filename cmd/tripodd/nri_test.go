@@ -276,7 +276,7 @@ func TestNRIPlugin(t *testing.T) {
 // going.
 func TestNRIPluginFailures(t *testing.T) {
 	runtimePrereqs(t)
-	e := newPodEnvConf(t, "[nri]\nplugin_request_timeout = '1s'\n")
+	e := newPodEnvConf(t, "[nri]\nplugin_request_timeout = '1s'\n", nil)
 
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
@@ -363,9 +363,9 @@ func mountinfo(t *testing.T) string {
 	return string(b)
 }
 
-// newPodEnvConf is newPodEnv with conf appended to the daemon's config
-// file.
-func newPodEnvConf(t *testing.T, conf string) *podEnv {
+// newPodEnvConf is newPodEnvWith with conf appended to the daemon's config
+// file (which ends in its [runtime] table), before setup.
+func newPodEnvConf(t *testing.T, conf string, setup func(*podEnv, *imagetest.Registry)) *podEnv {
 	return newPodEnvWith(t, cnitest.BinDir(t), func(e *podEnv, reg *imagetest.Registry) {
 		f, err := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
 		if err != nil {
@@ -375,5 +375,8 @@ func newPodEnvConf(t *testing.T, conf string) *podEnv {
 			t.Fatal(err)
 		}
 		f.Close()
+		if setup != nil {
+			setup(e, reg)
+		}
 	})
 }
