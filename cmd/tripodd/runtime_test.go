@@ -173,7 +173,8 @@ func (e *podEnv) removeAll() {
 	t := e.t
 	sock := e.n.sock + ".cleanup"
 	cmd := exec.Command(tripodd, "--config", filepath.Join(e.n.state, "none.toml"), "--root", e.n.root, "--state", e.n.state,
-		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t))
+		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t),
+		"--nri-socket", e.n.nriSock())
 	// Any config this test removed is back for the teardown.
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log

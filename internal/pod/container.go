@@ -44,6 +44,8 @@ type ContainerConfig struct {
 	RunAsName   string
 	Privileged  bool
 	ReadOnly    bool
+	// CDIDevices are fully qualified CDI device names (vendor/class=name).
+	CDIDevices []string
 }
 
 // Container is one container of a pod.
@@ -230,6 +232,14 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", errdefs.Wrap(errdefs.ErrInvalidArgument, err))
 	}
+	if err := m.injectCDI(spec, c); err != nil {
+		return nil, err
+	}
+	unblock := m.blockSync()
+	defer unblock()
+	if err := m.hookCreateContainer(ctx, p, c, spec, &u); err != nil {
+		return nil, err
+	}
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -265,6 +275,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		return nil, err
 	}
+	m.hookPostCreate(ctx, p, c)
 	return &cp, nil
 }
 
@@ -311,6 +322,12 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	if st != Created || starting {
 		return fmt.Errorf("container %s is %s, not created: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	if err := m.hookStart(ctx, c); err != nil {
+		m.mu.Lock()
+		c.starting = false
+		m.mu.Unlock()
+		return err
+	}
 	t := time.Now()
 	err = m.runtime(ctx, c, "start", c.ID)
 	m.mu.Lock()
@@ -333,7 +350,11 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	if running {
 		m.watchExit(c)
 	}
-	return m.store.put(containerBucket, c.ID, &cp)
+	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
+		return err
+	}
+	m.hookPostStart(ctx, c)
+	return nil
 }
 
 func (m *Manager) findContainer(id string) (*Container, error) {
@@ -407,6 +428,7 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		m.log.Warn("recording exit", "container", c.ID, "err", err)
 	}
+	m.exited(c)
 }
 
 // Container returns a container by ID or unique prefix.
@@ -657,7 +679,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	if err := m.StopContainer(ctx, c.ID, 0); err != nil {
 		return err
 	}
-	return m.destroy(ctx, c)
+	if err := m.destroy(ctx, c); err != nil {
+		return err
+	}
+	m.hookRemoveContainer(ctx, c)
+	return nil
 }
 
 // destroy releases everything a container holds; every step is

@@ -57,6 +57,9 @@ type Options struct {
 	MonitorPath string
 	Logger      *slog.Logger
 	Metrics     *metrics.Registry
+	// CDI injects CDI devices into specs; nil refuses containers that ask
+	// for any.
+	CDI DeviceInjector
 	// CrashAt names a point inside RunPod or CreateContainer where the
 	// process kills itself with SIGKILL: the fault injection the restart
 	// tests use (tripodd sets it from TRIPOD_CRASH_AT). Empty in production.
@@ -159,6 +162,7 @@ type Manager struct {
 	ev         eventState
 	st         statsState
 	resMu      sync.Mutex // serialises resource updates
+	hk         hookState
 }
 
 type coreMetrics struct {
@@ -425,6 +429,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	unblock := m.blockSync()
+	defer unblock()
+	if err := m.hookRunPod(ctx, p, &u); err != nil {
+		return nil, err
+	}
 	p.State = Ready
 	if err := m.store.put(podBucket, p.ID, p); err != nil {
 		return nil, err
@@ -630,6 +639,7 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 			return fmt.Errorf("stop pod %s: %w", p.ID, err)
 		}
 	}
+	m.hookStopPod(ctx, p)
 	return m.teardownPod(ctx, p)
 }
 
@@ -683,9 +693,11 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 			return fmt.Errorf("remove pod %s: %w", p.ID, err)
 		}
 	}
+	m.hookStopPod(ctx, p) // removed without a stop
 	if err := m.teardownPod(ctx, p); err != nil {
 		return err
 	}
+	m.hookRemovePod(ctx, p)
 	if err := os.RemoveAll(p.Dir); err != nil {
 		return fmt.Errorf("remove pod %s: %w", p.ID, err)
 	}

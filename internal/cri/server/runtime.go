@@ -303,6 +303,9 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	for _, d := range c.Devices {
 		cfg.Devices = append(cfg.Devices, oci.Device{HostPath: d.HostPath, ContainerPath: d.ContainerPath, Permissions: d.Permissions})
 	}
+	for _, d := range c.CDIDevices {
+		cfg.CDIDevices = append(cfg.CDIDevices, d.Name)
+	}
 	if l := c.Linux; l != nil {
 		if r := l.Resources; r != nil {
 			cfg.Resources = ociResources(r)
