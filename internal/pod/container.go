@@ -111,17 +111,6 @@ func (m *Manager) cgroupsPath(p *Pod, id string) string {
 	return filepath.Join(parent, id)
 }
 
-// oomFile is the cgroup file whose oom_kill counter reveals an OOM kill.
-func (m *Manager) oomFile(cgroupsPath string) string {
-	if m.opt.CgroupDriver != "cgroupfs" {
-		return ""
-	}
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events")
-	}
-	return filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control")
-}
-
 // CreateContainer creates a container in a ready pod. On failure or when
 // ctx ends every step is undone and the name released.
 func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg ContainerConfig) (_ *Container, err error) {
@@ -269,6 +258,9 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	}
 	if p.HostIPC {
 		in.ShmDir = "/dev/shm"
+	}
+	if unifiedCgroups() && !c.Privileged {
+		ns[specs.CgroupNamespace] = ""
 	}
 	return oci.Generate(in)
 }
