@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -361,4 +362,85 @@ func countPorts(links []netlink.Link, master int) int {
 		}
 	}
 	return n
+}
+
+// TestGuestMonitorDeath kills tripod-monitor under a running container on
+// this older kernel, which keeps no exit status for pidfd holders: the
+// container runs on, a new monitor adopts it and its log resumes, an exit
+// after that is reported (its code if the monitor saw the zombie, else
+// 255 marked unknown), the stop works and no cgroup is left.
+func TestGuestMonitorDeath(t *testing.T) {
+	e := newGuestEnv(t)
+	c := ctx(t)
+	pc := e.podConfig("md")
+	rp, err := e.rt.RunPodSandbox(c, &runtimeapi.RunPodSandboxRequest{Config: pc})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	pod := rp.PodSandboxId
+	ticker := e.create(pod, pc, "ticker", &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 32 << 20},
+		"sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done")
+	waiter := e.create(pod, pc, "waiter", nil, "sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7")
+	logPath := filepath.Join(e.logDir, "md", "ticker.log")
+	waitLog(t, logPath, "tick 2\n")
+
+	b, err := os.ReadFile(filepath.Join(e.state, "runtime", monitor.PIDFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	fd, err := unix.PidfdOpen(old, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	monitor.WaitPidfd(fd)
+	unix.Close(fd)
+	// The log resumes under the new monitor.
+	b, _ = os.ReadFile(logPath)
+	waitLog(t, logPath, fmt.Sprintf("tick %d\n", strings.Count(string(b), "tick")+3))
+	if st := e.status(ticker); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("ticker after the monitor died: %v", st.State)
+	}
+	if _, err := e.rt.ExecSync(c, &runtimeapi.ExecSyncRequest{ContainerId: waiter, Cmd: []string{"touch", "/tmp/go"}, Timeout: 60}); err != nil {
+		t.Fatal(err)
+	}
+	st := e.waitExited(waiter)
+	if st.ExitCode != 7 && (st.ExitCode != 255 || !strings.Contains(st.Message, "unknown")) {
+		t.Errorf("waiter: code %d message %q, want 7, or 255 marked unknown", st.ExitCode, st.Message)
+	}
+	t.Logf("exit after the adoption: code %d %q", st.ExitCode, st.Message)
+	if _, err := e.rt.StopContainer(c, &runtimeapi.StopContainerRequest{ContainerId: ticker, Timeout: 0}); err != nil {
+		t.Fatalf("StopContainer: %v", err)
+	}
+	if st := e.status(ticker); st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+		t.Fatalf("stopped ticker: %v", st.State)
+	}
+	if _, err := e.rt.RemovePodSandbox(c, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	kids, _ := os.ReadDir(filepath.Join(cgroupRoot, e.cgroupParent))
+	for _, k := range kids {
+		if k.IsDir() {
+			t.Errorf("cgroup %s/%s left after RemovePodSandbox", e.cgroupParent, k.Name())
+		}
+	}
+}
+
+// waitLog waits until file contains s.
+func waitLog(t *testing.T, file, s string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		b, _ := os.ReadFile(file)
+		if strings.Contains(string(b), s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never contained %q; has:\n%s", file, s, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { os.Exit(cnitest.Main(m)) }
 
 // guestTests are the tests the VM must run and pass; listing them guards
 // against a guest that silently ran nothing.
-var guestTests = []string{"TestGuestCgroupV2"}
+var guestTests = []string{"TestGuestCgroupV2", "TestGuestMonitorDeath"}
 
 // TestInVM boots the VM once and runs every TestGuest* test inside it.
 func TestInVM(t *testing.T) {

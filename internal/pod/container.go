@@ -339,6 +339,9 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	c.State = Exited
 	c.FinishedAt = e.FinishedAt
 	c.ExitCode = e.Code
+	if e.Unknown {
+		c.Message = "exit status unknown: tripod-monitor was restarted while the container ran"
+	}
 	switch {
 	case e.OOMKilled:
 		c.Reason = "OOMKilled"
@@ -541,18 +544,25 @@ func (m *Manager) signal(ctx context.Context, c *Container, sig string, all bool
 // wait blocks until the monitor reports c's exit, then records it.
 func (m *Manager) wait(ctx context.Context, c *Container) error {
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+	if err != nil && ctx.Err() == nil {
+		// The monitor died: a new one adopts the container (or tells
+		// how it ended).
+		if _, uerr := m.monitorUp(ctx); uerr == nil {
+			rep, err = m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		// The monitor lost track (it was restarted): the record on disk
-		// or the runtime's view is all there is.
+		// No monitor knows it: the record on disk or the runtime's view
+		// is all there is.
 		if e, ok := monitor.ReadExit(c.Bundle); ok {
 			m.setExit(c, e)
 			return nil
 		}
 		if !m.alive(ctx, c) {
-			m.setExit(c, monitor.Exit{Code: 255, FinishedAt: time.Now().UnixNano()})
+			m.setExit(c, monitor.Exit{Code: 255, Unknown: true, FinishedAt: time.Now().UnixNano()})
 			return nil
 		}
 		return fmt.Errorf("wait for container %s: %w", c.ID, err)

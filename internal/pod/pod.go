@@ -149,6 +149,7 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	mon        monitorState
 }
 
 type coreMetrics struct {
@@ -185,7 +186,8 @@ func New(opt Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{}}
+	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{},
+		mon: monitorState{closed: make(chan struct{})}}
 	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
 	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
@@ -210,7 +212,16 @@ func New(opt Options) (*Manager, error) {
 }
 
 // Close closes the metadata store. Pods and containers keep running.
-func (m *Manager) Close() error { return m.store.db.Close() }
+func (m *Manager) Close() error {
+	m.mon.mu.Lock()
+	select {
+	case <-m.mon.closed:
+	default:
+		close(m.mon.closed)
+	}
+	m.mon.mu.Unlock()
+	return m.store.db.Close()
+}
 
 // LayersInUse returns the chain IDs containers' root filesystems use, for
 // the image service's GC.
