@@ -283,8 +283,12 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	}
 	m.phase("start", t)
 	m.mu.Lock()
-	c.State = Running
-	c.StartedAt = time.Now().UnixNano()
+	// The process runs from inside `runtime start`: a short one may have
+	// ended (and its exit been recorded) before it returned.
+	c.StartedAt = t.UnixNano()
+	if c.State == Created {
+		c.State = Running
+	}
 	cp := *c
 	m.mu.Unlock()
 	return m.store.put(containerBucket, c.ID, &cp)
@@ -601,8 +605,13 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 // destroy releases everything a container holds; every step is
 // idempotent so it also finishes a container a crash left half made.
 func (m *Manager) destroy(ctx context.Context, c *Container) error {
-	if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
-		return err
+	// A plain delete first: runc's --force sleeps 100 ms before its first
+	// look even at a stopped container; a stopped container's leftover
+	// processes (no PID namespace of its own) are killed either way.
+	if err := m.runtime(ctx, c, "delete", c.ID); err != nil {
+		if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
+			return err
+		}
 	}
 	m.monitor().Call(ctx, monitor.Request{Op: "forget", ID: c.ID})
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {
