@@ -349,7 +349,7 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 	removeAll([]string{p}, false)
 	time.Sleep(time.Second)
 	res.daemonIdleKB = rss(d.cmd.Process.Pid)
-	base := helperMemory(under.kind, d.cmd.Process.Pid)
+	base := helperMemory(under.kind, d.sock)
 
 	var pods []string
 	for range seq {
@@ -364,7 +364,7 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 		if len(pods) == held {
 			time.Sleep(time.Second)
 			res.daemonKB = rss(d.cmd.Process.Pid)
-			m := helperMemory(under.kind, d.cmd.Process.Pid)
+			m := helperMemory(under.kind, d.sock)
 			res.perPodRSSKB = float64(m.rss-base.rss) / float64(held)
 			res.perPodPSSKB = float64(m.pss-base.pss) / float64(held)
 			res.helperRSSKB, res.helperPSSKB = m.rss, m.pss
@@ -416,30 +416,49 @@ type mem struct{ rss, pss int64 }
 
 // helperMemory sums RSS and PSS of what a runtime runs besides its daemon
 // and the containers' own processes: tripod-monitor for tripod, the shims
-// and pause processes for containerd.
-func helperMemory(kind string, daemonPid int) mem {
-	var m mem
+// and pause processes for containerd. Only this daemon's (its socket is on
+// their command line; pauses are its shims' children): other runtimes on
+// the node are not counted.
+func helperMemory(kind, sock string) mem {
+	type proc struct {
+		pid, ppid int
+		args      []string
+	}
+	var procs []proc
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == daemonPid {
+		if err != nil {
 			continue
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-		match := false
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		ppid := 0
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
+				ppid, _ = strconv.Atoi(f[1])
+			}
+		}
+		procs = append(procs, proc{pid, ppid, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")})
+	}
+	helpers := map[int]bool{}
+	for _, p := range procs {
 		switch kind {
 		case "tripod":
-			match = filepath.Base(args[0]) == "tripod-monitor"
+			helpers[p.pid] = filepath.Base(p.args[0]) == "tripod-monitor" && slices.Contains(p.args, filepath.Join(filepath.Dir(sock), "state", "runtime", "monitor.sock"))
 		case "containerd":
-			match = strings.Contains(args[0], "containerd-shim") || (len(args) == 2 && args[0] == "/bin/sleep" && args[1] == "infinity")
+			helpers[p.pid] = strings.Contains(p.args[0], "containerd-shim") && slices.Contains(p.args, sock)
 		}
-		if !match {
+	}
+	var m mem
+	for _, p := range procs {
+		pause := kind == "containerd" && helpers[p.ppid] && len(p.args) == 2 && p.args[0] == "/bin/sleep" && p.args[1] == "infinity"
+		if !helpers[p.pid] && !pause {
 			continue
 		}
-		r, p := smaps(pid)
+		r, ps := smaps(p.pid)
 		m.rss += r
-		m.pss += p
+		m.pss += ps
 	}
 	return m
 }
