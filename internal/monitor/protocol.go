@@ -30,11 +30,11 @@ const ExitFile = "exit.json"
 
 // Request is one call to the monitor.
 type Request struct {
-	Op string `json:"op"` // create, wait, state, kill, reopen, forget, ping
+	Op string `json:"op"` // create, adopt, wait, state, kill, reopen, forget, ping
 	ID string `json:"id,omitempty"`
 	// Signal is kill's signal number.
 	Signal int `json:"signal,omitempty"`
-	// For create.
+	// For create and adopt.
 	Bundle      string   `json:"bundle,omitempty"`
 	Runtime     string   `json:"runtime,omitempty"`
 	RuntimeArgs []string `json:"runtimeArgs,omitempty"` // global flags before the command (--root, --systemd-cgroup)
@@ -51,6 +51,9 @@ type Exit struct {
 	Signal     int   `json:"signal,omitempty"`
 	FinishedAt int64 `json:"finishedAt"` // unix nanoseconds
 	OOMKilled  bool  `json:"oomKilled,omitempty"`
+	// Unknown is set when the init ended while no monitor held it and
+	// its status could not be read: Code is then 255.
+	Unknown bool `json:"unknown,omitempty"`
 }
 
 // Reply answers a Request.

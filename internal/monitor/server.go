@@ -155,14 +155,7 @@ func (s *Server) handle(conn net.Conn) {
 		c := s.containers[req.ID]
 		s.mu.Unlock()
 		if c != nil {
-			rep.Known, rep.Pid = true, c.pid
-			select {
-			case <-c.done:
-				e := c.exit
-				rep.Exit = &e
-			default:
-				rep.Running = true
-			}
+			rep = c.state()
 		}
 	case "kill":
 		// Signals the container's init directly: no OCI runtime exec on
@@ -181,6 +174,8 @@ func (s *Server) handle(conn net.Conn) {
 			}
 		}
 		s.mu.Unlock()
+	case "adopt":
+		rep, err = s.adopt(req)
 	case "reopen":
 		s.mu.Lock()
 		c := s.containers[req.ID]
@@ -228,11 +223,13 @@ func (s *Server) create(req Request) (int, error) {
 	if err := c.reopen(); err != nil {
 		return 0, err
 	}
-	outR, outW, err := os.Pipe()
+	// FIFOs in the bundle rather than anonymous pipes: a monitor started
+	// after this one died can open them again and resume the logs.
+	outR, outW, err := openFIFO(filepath.Join(req.Bundle, StdoutFIFO))
 	if err != nil {
 		return 0, err
 	}
-	errR, errW, err := os.Pipe()
+	errR, errW, err := openFIFO(filepath.Join(req.Bundle, StderrFIFO))
 	if err != nil {
 		outR.Close()
 		outW.Close()
@@ -300,47 +297,80 @@ func (s *Server) create(req Request) (int, error) {
 	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
 		c.pidfd = fd
 	}
+	// What a successor needs to adopt the container should this process
+	// die: who the init is, and the OOM counter's starting point.
+	if err := writeRecord(req.Bundle, record{Pid: c.pid, Start: startTime(c.pid), OOMFile: c.oomFile, OOMBase: c.oomBase, LogPath: c.logPath}); err != nil {
+		outR.Close()
+		errR.Close()
+		c.closeLog()
+		if c.pidfd >= 0 {
+			unix.Close(c.pidfd)
+		}
+		return 0, fmt.Errorf("monitor record: %w", err)
+	}
 	initCh := s.watch(c.pid)
 	s.mu.Lock()
 	s.containers[req.ID] = c
 	s.mu.Unlock()
 
-	var copiers sync.WaitGroup
-	copiers.Add(2)
-	go func() { defer copiers.Done(); c.copyLog(outR, "stdout") }()
-	go func() { defer copiers.Done(); c.copyLog(errR, "stderr") }()
+	copiers := c.copyLogs(outR, errR)
 	go func() {
 		ws := <-initCh
-		e := Exit{Pid: c.pid, FinishedAt: time.Now().UnixNano()}
-		switch {
-		case ws.Exited():
-			e.Code = int32(ws.ExitStatus())
-		case ws.Signaled():
-			e.Signal = int(ws.Signal())
-			e.Code = 128 + int32(ws.Signal())
-		}
-		if c.oomFile != "" && oomKills(c.oomFile) > c.oomBase {
-			e.OOMKilled = true
-		}
-		// Let the log catch up with what the container wrote last,
-		// but never hang on a descendant that kept the pipe open.
-		drained := make(chan struct{})
-		go func() { copiers.Wait(); close(drained) }()
-		select {
-		case <-drained:
-		case <-time.After(2 * time.Second):
-		}
-		writeExit(c.bundle, e)
-		s.mu.Lock()
-		c.exit = e
-		if c.pidfd >= 0 {
-			unix.Close(c.pidfd)
-			c.pidfd = -1
-		}
-		s.mu.Unlock()
-		close(c.done)
+		s.finish(c, exitOf(c.pid, ws), copiers)
 	}()
 	return c.pid, nil
+}
+
+// exitOf turns a wait status into an Exit.
+func exitOf(pid int, ws unix.WaitStatus) Exit {
+	e := Exit{Pid: pid, FinishedAt: time.Now().UnixNano()}
+	switch {
+	case ws.Exited():
+		e.Code = int32(ws.ExitStatus())
+	case ws.Signaled():
+		e.Signal = int(ws.Signal())
+		e.Code = 128 + int32(ws.Signal())
+	}
+	return e
+}
+
+// copyLogs copies the container's stdout and stderr into its log; the
+// returned group is done when both have ended.
+func (c *container) copyLogs(out, err *os.File) *sync.WaitGroup {
+	var copiers sync.WaitGroup
+	for stream, r := range map[string]*os.File{"stdout": out, "stderr": err} {
+		if r == nil {
+			continue
+		}
+		copiers.Add(1)
+		go func() { defer copiers.Done(); c.copyLog(r, stream) }()
+	}
+	return &copiers
+}
+
+// finish records a container's exit once its init has ended: the OOM
+// check, the last of its log, exit.json, then the waiters.
+func (s *Server) finish(c *container, e Exit, copiers *sync.WaitGroup) {
+	if c.oomFile != "" && oomKills(c.oomFile) > c.oomBase {
+		e.OOMKilled = true
+	}
+	// Let the log catch up with what the container wrote last, but never
+	// hang on a descendant that kept the pipe open.
+	drained := make(chan struct{})
+	go func() { copiers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(2 * time.Second):
+	}
+	writeExit(c.bundle, e)
+	s.mu.Lock()
+	c.exit = e
+	if c.pidfd >= 0 {
+		unix.Close(c.pidfd)
+		c.pidfd = -1
+	}
+	s.mu.Unlock()
+	close(c.done)
 }
 
 func describe(ws unix.WaitStatus) string {

@@ -67,7 +67,7 @@ type Input struct {
 	Annotations map[string]string
 	Sysctls     map[string]string
 	CgroupsPath string
-	// Namespaces maps a kind (network, ipc, uts, pid) to a path to join;
+	// Namespaces maps a kind (network, ipc, uts, pid, cgroup) to a path to join;
 	// an empty path means a new namespace; a missing kind the host's.
 	Namespaces map[specs.LinuxNamespaceType]string
 	// Files are bind-mounted read-write at their keys (resolv.conf, hosts,
@@ -131,7 +131,7 @@ func Generate(in Input) (*specs.Spec, error) {
 			"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"}
 		s.Linux.ReadonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
 	}
-	for _, kind := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace} {
+	for _, kind := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.CgroupNamespace, specs.MountNamespace} {
 		path, ok := in.Namespaces[kind]
 		if kind == specs.MountNamespace {
 			ok = true

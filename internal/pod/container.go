@@ -118,17 +118,6 @@ func (m *Manager) cgroupsPath(p *Pod, id string) string {
 	return filepath.Join(parent, id)
 }
 
-// oomFile is the cgroup file whose oom_kill counter reveals an OOM kill.
-func (m *Manager) oomFile(cgroupsPath string) string {
-	if m.opt.CgroupDriver != "cgroupfs" {
-		return ""
-	}
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events")
-	}
-	return filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control")
-}
-
 // CreateContainer creates a container in a ready pod. On failure or when
 // ctx ends every step is undone and the name released.
 func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg ContainerConfig) (_ *Container, err error) {
@@ -304,6 +293,9 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	if p.HostIPC {
 		in.ShmDir = "/dev/shm"
 	}
+	if unifiedCgroups() && !c.Privileged {
+		ns[specs.CgroupNamespace] = ""
+	}
 	return oci.Generate(in)
 }
 
@@ -337,12 +329,13 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	m.phase("start", t)
-	// An exit already recorded (a process that ended at once) reported
-	// the start with it: see setExit.
+	// The process runs from inside `runtime start`: a short one may have
+	// ended before it returned, its exit recorded (and the start reported
+	// with it: see setExit).
+	c.StartedAt = t.UnixNano()
 	running := c.State == Created
 	if running {
 		c.State = Running
-		c.StartedAt = time.Now().UnixNano()
 		m.publishLocked(ContainerStarted, c.ID, c.PodID)
 	}
 	cp := *c
@@ -411,6 +404,9 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	c.State = Exited
 	c.FinishedAt = e.FinishedAt
 	c.ExitCode = e.Code
+	if e.Unknown {
+		c.Message = "exit status unknown: tripod-monitor was restarted while the container ran"
+	}
 	switch {
 	case e.OOMKilled:
 		c.Reason = "OOMKilled"
@@ -635,18 +631,25 @@ func (m *Manager) signal(ctx context.Context, c *Container, sig string, all bool
 // wait blocks until the monitor reports c's exit, then records it.
 func (m *Manager) wait(ctx context.Context, c *Container) error {
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+	if err != nil && ctx.Err() == nil {
+		// The monitor died: a new one adopts the container (or tells
+		// how it ended).
+		if _, uerr := m.monitorUp(ctx); uerr == nil {
+			rep, err = m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		// The monitor lost track (it was restarted): the record on disk
-		// or the runtime's view is all there is.
+		// No monitor knows it: the record on disk or the runtime's view
+		// is all there is.
 		if e, ok := monitor.ReadExit(c.Bundle); ok {
 			m.setExit(c, e)
 			return nil
 		}
 		if !m.alive(ctx, c) {
-			m.setExit(c, monitor.Exit{Code: 255, FinishedAt: time.Now().UnixNano()})
+			m.setExit(c, monitor.Exit{Code: 255, Unknown: true, FinishedAt: time.Now().UnixNano()})
 			return nil
 		}
 		return fmt.Errorf("wait for container %s: %w", c.ID, err)
@@ -689,8 +692,13 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 // destroy releases everything a container holds; every step is
 // idempotent so it also finishes a container a crash left half made.
 func (m *Manager) destroy(ctx context.Context, c *Container) error {
-	if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
-		return err
+	// A plain delete first: runc's --force sleeps 100 ms before its first
+	// look even at a stopped container; a stopped container's leftover
+	// processes (no PID namespace of its own) are killed either way.
+	if err := m.runtime(ctx, c, "delete", c.ID); err != nil {
+		if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
+			return err
+		}
 	}
 	m.monitor().Call(ctx, monitor.Request{Op: "forget", ID: c.ID})
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {

@@ -163,6 +163,7 @@ type Manager struct {
 	st         statsState
 	resMu      sync.Mutex // serialises resource updates
 	hk         hookState
+	mon        monitorState
 }
 
 type coreMetrics struct {
@@ -200,7 +201,7 @@ func New(opt Options) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{},
-		ev: newEventState(opt.EventBuffer)}
+		ev: newEventState(opt.EventBuffer), mon: monitorState{closed: make(chan struct{})}}
 	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
 	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
@@ -227,6 +228,13 @@ func New(opt Options) (*Manager, error) {
 // Close closes the metadata store. Pods and containers keep running.
 func (m *Manager) Close() error {
 	m.ev.stopBG()
+	m.mon.mu.Lock()
+	select {
+	case <-m.mon.closed:
+	default:
+		close(m.mon.closed)
+	}
+	m.mon.mu.Unlock()
 	return m.store.db.Close()
 }
 

@@ -81,6 +81,10 @@ type VM struct {
 	Env     map[string]string
 	// MemoryMB defaults to 512.
 	MemoryMB int
+	// TmpfsRoot makes /init copy the initramfs into a tmpfs and switch
+	// root to it first. pivot_root(2), which OCI runtimes use, cannot
+	// leave the initramfs's rootfs (it has no parent mount).
+	TmpfsRoot bool
 	// BootTimeout bounds the wait for /init to start (2 minutes when
 	// zero); a boot that stalls is retried, up to three boots in all.
 	BootTimeout time.Duration
@@ -405,8 +409,23 @@ func shellQuote(s string) string {
 func (vm *VM) initScript(modules []string) string {
 	var b strings.Builder
 	b.WriteString(`#!/bin/busybox sh
-/bin/busybox echo ` + bootMarker + `
-/bin/busybox mount -t proc proc /proc
+/bin/busybox echo ` + bootMarker + "\n")
+	if vm.TmpfsRoot {
+		// The copy doubles the memory the files take until switch_root
+		// deletes the originals.
+		b.WriteString(`if [ ! -e /.vmtest-tmpfs ]; then
+	/bin/busybox mkdir /newroot
+	/bin/busybox mount -t tmpfs -o size=90% tmpfs /newroot
+	for f in /*; do
+		case $f in /newroot|/proc|/sys|/dev) ;; *) /bin/busybox cp -a "$f" /newroot/ ;; esac
+	done
+	/bin/busybox mkdir -p /newroot/proc /newroot/sys /newroot/dev
+	/bin/busybox touch /newroot/.vmtest-tmpfs
+	exec /bin/busybox switch_root /newroot /init
+fi
+`)
+	}
+	b.WriteString(`/bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root
 mount -t sysfs sysfs /sys
