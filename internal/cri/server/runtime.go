@@ -44,8 +44,9 @@ func (s *RuntimeServer) Status(ctx context.Context, req *runtimeapi.StatusReques
 		{Type: runtimeapi.RuntimeReady, Status: true}, netCond}}}
 	for _, h := range s.m.Handlers() {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h,
-			Features: &runtimeapi.RuntimeHandlerFeatures{}})
+			Features: s.handlerFeatures(ctx, h)})
 	}
+	resp.Features = runtimeFeatures()
 	if req.Verbose {
 		resp.Info = map[string]string{"handlers": strings.Join(s.m.Handlers(), ","), "cgroupDriver": s.m.CgroupDriver()}
 	}
@@ -106,6 +107,9 @@ func (s *RuntimeServer) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPo
 			cfg.SharePID = ns.Pid == runtimeapi.NamespaceMode_POD
 			cfg.HostIPC = ns.Ipc == runtimeapi.NamespaceMode_NODE
 		}
+	}
+	if err := podSecurity(c.GetLinux().GetSecurityContext(), &cfg); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	p, err := s.m.RunPod(ctx, cfg)
 	if err != nil {
@@ -211,7 +215,7 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 		Id: p.ID, Metadata: podMeta(p), State: podState(p.State), CreatedAt: p.CreatedAt,
 		Labels: p.Labels, Annotations: p.Annotations, RuntimeHandler: p.Handler,
 		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: &runtimeapi.NamespaceOption{
-			Network: nsMode(p.HostNetwork), Pid: nsMode(p.HostPID), Ipc: nsMode(p.HostIPC)}}},
+			Network: nsMode(p.HostNetwork), Pid: nsMode(p.HostPID), Ipc: nsMode(p.HostIPC), UsernsOptions: usernsStatus(p)}}},
 	}
 	switch {
 	case p.HostPID:
@@ -269,7 +273,7 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	cfg := pod.ContainerConfig{
 		Meta:  pod.Meta{Name: c.Metadata.Name, Attempt: c.Metadata.Attempt},
 		Image: c.Image.Image, Command: c.Command, Args: c.Args, WorkingDir: c.WorkingDir,
-		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath,
+		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath, UserImage: c.Image.UserSpecifiedImage,
 	}
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
@@ -286,7 +290,8 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 			prop = "rshared"
 		}
 		// SELinux relabelling is ignored: this runtime has no SELinux support.
-		cfg.Mounts = append(cfg.Mounts, oci.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
+		cfg.Mounts = append(cfg.Mounts, oci.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop,
+			RecursiveReadOnly: mt.RecursiveReadOnly, UIDMappings: idMaps(mt.UidMappings), GIDMappings: idMaps(mt.GidMappings)})
 	}
 	for _, d := range c.Devices {
 		cfg.Devices = append(cfg.Devices, oci.Device{HostPath: d.HostPath, ContainerPath: d.ContainerPath, Permissions: d.Permissions})
@@ -296,18 +301,8 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 			cfg.Resources = oci.Resources{CPUPeriod: r.CpuPeriod, CPUQuota: r.CpuQuota, CPUShares: r.CpuShares,
 				MemoryLimit: r.MemoryLimitInBytes, CpusetCpus: r.CpusetCpus, CpusetMems: r.CpusetMems, OOMScoreAdj: r.OomScoreAdj}
 		}
-		if sc := l.SecurityContext; sc != nil {
-			if sc.RunAsUser != nil {
-				v := sc.RunAsUser.Value
-				cfg.RunAsUser = &v
-			}
-			if sc.RunAsGroup != nil {
-				v := sc.RunAsGroup.Value
-				cfg.RunAsGroup = &v
-			}
-			cfg.RunAsName = sc.RunAsUsername
-			cfg.Privileged = sc.Privileged
-			cfg.ReadOnly = sc.ReadonlyRootfs
+		if err := containerSecurity(l.SecurityContext, &cfg); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
 	ctr, err := s.m.CreateContainer(ctx, req.PodSandboxId, cfg)
@@ -371,8 +366,9 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 	}
 	st := &runtimeapi.ContainerStatus{
 		Id: c.ID, Metadata: ctrMeta(c), State: ctrState(c.State), CreatedAt: c.CreatedAt, StartedAt: c.StartedAt,
-		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID,
+		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: imageSpec(c), ImageRef: c.ImageID,
 		ImageId: c.ImageID, Reason: c.Reason, Message: c.Message, Labels: c.Labels, Annotations: c.Annotations, LogPath: c.FullLog,
+		User: containerUser(c),
 	}
 	for _, mt := range c.Mounts {
 		prop := runtimeapi.MountPropagation_PROPAGATION_PRIVATE
@@ -382,7 +378,8 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 		case "rshared":
 			prop = runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL
 		}
-		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
+		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop,
+			RecursiveReadOnly: mt.RecursiveReadOnly})
 	}
 	resp := &runtimeapi.ContainerStatusResponse{Status: st}
 	if req.Verbose {
@@ -412,7 +409,7 @@ func (s *RuntimeServer) ListContainers(ctx context.Context, req *runtimeapi.List
 	resp := &runtimeapi.ListContainersResponse{}
 	for _, c := range s.m.Containers(f) {
 		resp.Containers = append(resp.Containers, &runtimeapi.Container{Id: c.ID, PodSandboxId: c.PodID, Metadata: ctrMeta(c),
-			Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID, ImageId: c.ImageID, State: ctrState(c.State),
+			Image: imageSpec(c), ImageRef: c.ImageID, ImageId: c.ImageID, State: ctrState(c.State),
 			CreatedAt: c.CreatedAt, Labels: c.Labels, Annotations: c.Annotations})
 	}
 	return resp, nil
