@@ -31,6 +31,9 @@ type Features struct {
 	UserNamespaces bool
 }
 
+// DefaultHandler is the handler of pods that name none.
+func (m *Manager) DefaultHandler() string { return m.opt.DefaultHandler }
+
 // featureCache remembers each handler binary's features, keyed by its
 // path and modification time so that an upgraded runtime is probed again.
 type featureCache struct {

@@ -46,6 +46,7 @@ func (s *RuntimeServer) Status(ctx context.Context, req *runtimeapi.StatusReques
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h,
 			Features: s.handlerFeatures(ctx, h)})
 	}
+	resp.RuntimeHandlers = append(resp.RuntimeHandlers, defaultHandler(ctx, s))
 	resp.Features = runtimeFeatures()
 	if req.Verbose {
 		resp.Info = map[string]string{"handlers": strings.Join(s.m.Handlers(), ","), "cgroupDriver": s.m.CgroupDriver()}

@@ -157,6 +157,13 @@ func (s *RuntimeServer) handlerFeatures(ctx context.Context, name string) *runti
 	return &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: f.RecursiveReadOnly, UserNamespaces: f.UserNamespaces}
 }
 
+// defaultHandler is the entry for the default handler, which the CRI
+// names "" (clients that name no handler, critest among them, look it up
+// so).
+func defaultHandler(ctx context.Context, s *RuntimeServer) *runtimeapi.RuntimeHandler {
+	return &runtimeapi.RuntimeHandler{Name: "", Features: s.handlerFeatures(ctx, s.m.DefaultHandler())}
+}
+
 // runtimeFeatures are the runtime's own, whatever the handler.
 func runtimeFeatures() *runtimeapi.RuntimeFeatures {
 	return &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true}
