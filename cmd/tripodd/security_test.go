@@ -726,3 +726,105 @@ func TestUserNamespaces(t *testing.T) {
 		}
 	}
 }
+
+// mappedProcs lists the live processes whose user namespace maps 0 to
+// hostID (a killed one may linger a moment as a zombie: not counted).
+func mappedProcs(hostID uint32) []string {
+	var out []string
+	maps, _ := filepath.Glob("/proc/[0-9]*/uid_map")
+	want := fmt.Sprintf("0 %d 65536", hostID)
+	for _, m := range maps {
+		b, _ := os.ReadFile(m)
+		st, _ := os.ReadFile(filepath.Join(filepath.Dir(m), "status"))
+		if strings.Join(strings.Fields(string(b)), " ") == want && !strings.Contains(string(st), "State:\tZ") && !strings.Contains(string(st), "State:\tX") && len(st) > 0 {
+			out = append(out, filepath.Dir(m))
+		}
+	}
+	return out
+}
+
+// TestUserNamespaceCrash: tripodd killed while it makes a pod's user
+// namespace (its helper still alive, as the init of a shared PID namespace
+// or not), after the pod's namespaces are pinned, or while it makes a
+// container with an idmapped rootfs: the next start leaves no mount, no
+// runc container and no process in the namespace but a surviving pod's
+// init, and the names can be used again.
+func TestUserNamespaceCrash(t *testing.T) {
+	for _, tc := range []struct {
+		point     string
+		sharedPID bool
+	}{{"pod-userns", true}, {"pod-userns", false}, {"pod-netns", true}, {"ctr-rootfs", true}, {"ctr-create", false}} {
+		t.Run(fmt.Sprintf("%s/shared=%v", tc.point, tc.sharedPID), func(t *testing.T) {
+			e, image := secEnv(t)
+			ctx := testCtx(t)
+			for _, d := range []string{e.n.state, filepath.Dir(e.n.state)} {
+				os.Chmod(d, 0o711)
+			}
+			e.d.kill()
+			e.d = startDaemonEnv(t, e.n, []string{"TRIPOD_CRASH_AT=" + tc.point}, e.extra...)
+			hostID := uint32(1<<20 + rand.IntN(1000)*65536)
+			idm := []*runtimeapi.IDMapping{{ContainerId: 0, HostId: hostID, Length: 65536}}
+			pidMode := runtimeapi.NamespaceMode_CONTAINER
+			if tc.sharedPID {
+				pidMode = runtimeapi.NamespaceMode_POD
+			}
+			userns := func(c *runtimeapi.PodSandboxConfig) {
+				c.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Pid: pidMode,
+					UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Uids: idm, Gids: idm}}}
+			}
+			var pod string
+			var pcfg *runtimeapi.PodSandboxConfig
+			if strings.HasPrefix(tc.point, "pod-") {
+				if _, _, err := e.podWith("crash", userns); err == nil {
+					t.Fatal("RunPodSandbox succeeded through a crash")
+				}
+			} else {
+				var err error
+				if pod, pcfg, err = e.podWith("crash", userns); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := e.ctrWith(pod, pcfg, "c", image, nil, nil, "sleep", "1000"); err == nil {
+					t.Fatal("CreateContainer succeeded through a crash")
+				}
+			}
+			<-e.d.done
+			e.d.done <- nil
+			if !strings.Contains(e.d.log.String(), "crash point reached") {
+				t.Fatalf("the crash point was not reached:\n%s", e.d.log.String())
+			}
+			e.boot()
+			lc, _ := e.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+			if len(lc.Containers) != 0 {
+				t.Fatalf("containers after rollback: %v", lc.Containers)
+			}
+			mounts, _ := os.ReadFile("/proc/self/mountinfo")
+			for _, line := range strings.Split(string(mounts), "\n") {
+				if strings.Contains(line, e.n.root) || strings.Contains(line, e.n.state) && (pod == "" || strings.Contains(line, "/containers/")) {
+					t.Fatalf("mount left: %s", line)
+				}
+			}
+			out, _ := exec.Command("runc", "--root", filepath.Join(e.n.state, "runtime", "runtime", "runc"), "list", "-q").Output()
+			if strings.TrimSpace(string(out)) != "" {
+				t.Fatalf("runc containers left: %s", out)
+			}
+			var left []string
+			for _, p := range mappedProcs(hostID) {
+				cmdline, _ := os.ReadFile(p + "/cmdline")
+				if pod != "" && tc.sharedPID && strings.HasSuffix(string(cmdline), "\x00pause\x00") {
+					continue // the surviving pod's init
+				}
+				left = append(left, fmt.Sprintf("%s %q", p, cmdline))
+			}
+			if len(left) != 0 {
+				t.Fatalf("processes left in the pod's user namespace: %v", left)
+			}
+			if pod == "" {
+				pod, pcfg, _ = e.podWith("crash", userns)
+			}
+			c := e.running(pod, pcfg, "c", image, nil)
+			if got := e.mustSh(c, "id -u; cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'"); got != fmt.Sprintf("0\n0 %d 65536", hostID) {
+				t.Fatalf("after recovery: %q", got)
+			}
+		})
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -86,6 +88,7 @@ func (m *Manager) pinUserPod(p *Pod, kinds []netns.Kind) error {
 			return err
 		}
 	}
+	m.crashpoint("pod-userns") // the helper must die with tripodd
 	if sharePID {
 		p.InitPID = pid
 		go cmd.Wait()
@@ -119,4 +122,42 @@ func setHostname(path, name string) error {
 		errc <- nil
 	}()
 	return <-errc
+}
+
+// killInit kills the init of the PID namespace pinned at path, found among
+// the host's processes by namespace (so never a reused PID); with it go all
+// the namespace's processes.
+func killInit(path string) {
+	var want unix.Stat_t
+	if unix.Stat(path, &want) != nil || !netns.Pinned(path) {
+		return
+	}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &st) != nil || st.Dev != want.Dev || st.Ino != want.Ino {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err == nil && nspidIsInit(string(b)) {
+			unix.Kill(pid, unix.SIGKILL)
+			return
+		}
+	}
+}
+
+// nspidIsInit reports whether a /proc/<pid>/status says the process is
+// PID 1 of its innermost PID namespace.
+func nspidIsInit(status string) bool {
+	for _, l := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(l, "NSpid:"); ok {
+			f := strings.Fields(v)
+			return len(f) > 1 && f[len(f)-1] == "1"
+		}
+	}
+	return false
 }
