@@ -90,6 +90,10 @@ func applySecurity(s *specs.Spec, in Input) error {
 		if err != nil {
 			return err
 		}
+		// Devices the container names itself win over the host's.
+		devs = slices.DeleteFunc(devs, func(h specs.LinuxDevice) bool {
+			return slices.ContainsFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool { return d.Path == h.Path })
+		})
 		s.Linux.Devices = append(devs, s.Linux.Devices...)
 		return nil
 	}

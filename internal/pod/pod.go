@@ -407,6 +407,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if err := writePodFiles(p); err != nil {
 		return nil, err
 	}
+	if err := chownPodFiles(p); err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

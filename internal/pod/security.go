@@ -249,11 +249,9 @@ func (m *Manager) checkContainerSecurity(ctx context.Context, p *Pod, cfg *Conta
 				i, p.Handler, errdefs.ErrInvalidArgument)
 		}
 	}
-	if p.UserNS == nil && (len(cfg.Mounts) > 0) {
-		for i, mt := range cfg.Mounts {
-			if (mt.UIDMappings != nil || mt.GIDMappings != nil) && !m.HandlerFeatures(ctx, p.Handler).UserNamespaces {
-				return fmt.Errorf("config.mounts[%d]: runtime handler %q cannot make idmapped mounts: %w", i, p.Handler, errdefs.ErrInvalidArgument)
-			}
+	for i, mt := range cfg.Mounts {
+		if (mt.UIDMappings != nil || mt.GIDMappings != nil) && !m.HandlerFeatures(ctx, p.Handler).UserNamespaces {
+			return fmt.Errorf("config.mounts[%d]: runtime handler %q cannot make idmapped mounts: %w", i, p.Handler, errdefs.ErrInvalidArgument)
 		}
 	}
 	if cfg.PIDTarget != "" {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -95,6 +96,21 @@ func (m *Manager) pinUserPod(p *Pod, kinds []netns.Kind) error {
 		return nil
 	}
 	stop()
+	return nil
+}
+
+// chownPodFiles gives the hosts, hostname and resolv.conf files a pod's
+// containers share to its user namespace's root, who may then edit them as
+// root can in any other pod.
+func chownPodFiles(p *Pod) error {
+	if p.UserNS == nil {
+		return nil
+	}
+	for _, f := range []string{"hosts", "hostname", "resolv.conf"} {
+		if err := os.Chown(filepath.Join(p.Dir, f), int(p.UserNS.UIDs[0].HostID), int(p.UserNS.GIDs[0].HostID)); err != nil {
+			return fmt.Errorf("pod %s: %w", f, err)
+		}
+	}
 	return nil
 }
 
