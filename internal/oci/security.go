@@ -92,7 +92,7 @@ func applySecurity(s *specs.Spec, in Input) error {
 		}
 		// Devices the container names itself win over the host's.
 		devs = slices.DeleteFunc(devs, func(h specs.LinuxDevice) bool {
-			return slices.ContainsFunc(s.Linux.Devices, func(d specs.LinuxDevice) bool { return d.Path == h.Path })
+			return slices.ContainsFunc(in.Devices, func(d Device) bool { return d.ContainerPath == h.Path || d.ContainerPath == "" && d.HostPath == h.Path })
 		})
 		s.Linux.Devices = append(devs, s.Linux.Devices...)
 		return nil

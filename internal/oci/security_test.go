@@ -166,6 +166,7 @@ func TestGenerateSecurity(t *testing.T) {
 	// cgroupfs, no seccomp even when a (missing) profile is named, no
 	// masks.
 	s, err = genSecurity(t, Input{Privileged: true, Namespaces: map[specs.LinuxNamespaceType]string{specs.NetworkNamespace: "/x"},
+		Devices:  []Device{{HostPath: "/dev/null", ContainerPath: "/dev/null", Permissions: "rw"}},
 		Security: Security{Seccomp: Profile{Kind: ProfileLocalhost, Ref: missing}, MaskedPaths: []string{"/bin/ls"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -177,15 +178,18 @@ func TestGenerateSecurity(t *testing.T) {
 	for _, d := range s.Linux.Devices {
 		devs = append(devs, d.Path)
 	}
-	if !slices.Contains(devs, "/dev/null") || slices.Contains(devs, "/dev/ptmx") || slices.Contains(devs, "/dev/console") {
+	if !slices.Contains(devs, "/dev/null") || slices.Contains(devs, "/dev/ptmx") || slices.Contains(devs, "/dev/console") || len(devs) < 3 {
 		t.Fatalf("privileged devices: %v", devs)
+	}
+	if n := len(slices.DeleteFunc(slices.Clone(devs), func(d string) bool { return d != "/dev/null" })); n != 1 {
+		t.Fatalf("/dev/null twice: the container's own and the host's: %v", devs)
 	}
 	for _, m := range s.Mounts {
 		if (m.Destination == "/sys" || m.Destination == "/sys/fs/cgroup") && slices.Contains(m.Options, "ro") {
 			t.Fatalf("privileged %s is read-only: %v", m.Destination, m.Options)
 		}
 	}
-	if r := s.Linux.Resources.Devices; len(r) != 1 || !r[0].Allow {
+	if r := s.Linux.Resources.Devices; len(r) == 0 || !r[0].Allow || r[0].Major != nil || r[0].Access != "rwm" {
 		t.Fatalf("privileged device cgroup: %+v", r)
 	}
 }
