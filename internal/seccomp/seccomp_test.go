@@ -40,6 +40,9 @@ func TestDefaultProfile(t *testing.T) {
 	if s.DefaultAction != specs.ActErrno || s.DefaultErrnoRet != nil {
 		t.Fatalf("default action %s (errno %v), want EPERM", s.DefaultAction, s.DefaultErrnoRet)
 	}
+	if a := nativeArches("amd64"); !slices.Equal(a, []specs.Arch{specs.ArchX86_64, specs.ArchX86}) {
+		t.Fatalf("amd64 architectures %v", a)
+	}
 	for _, call := range []string{"read", "openat", "execve", "mkdirat", "fchmodat", "setgroups", "rt_sigreturn", "wait4", "chroot"} {
 		if !unconditional(s, call) {
 			t.Errorf("%s is not allowed", call)
