@@ -567,15 +567,11 @@ func TestUserNamespaces(t *testing.T) {
 			UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Uids: idm, Gids: idm}}}
 	}
 	// The container's root must be able to walk down to its rootfs: not
-	// through the test's private state directory...
+	// through a private directory (podEnv's state is made searchable).
+	os.Chmod(filepath.Dir(e.n.state), 0o700)
 	_, _, err = e.podWith("userns", userns)
+	os.Chmod(filepath.Dir(e.n.state), 0o711)
 	wantCode(t, err, codes.FailedPrecondition, "searchable")
-	// ...but once it is searchable, as /run/tripod is.
-	for _, d := range []string{e.n.state, filepath.Dir(e.n.state)} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
 	pod, pcfg, err := e.podWith("userns", userns)
 	if err != nil {
 		t.Fatal(err)
@@ -756,9 +752,6 @@ func TestUserNamespaceCrash(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/shared=%v", tc.point, tc.sharedPID), func(t *testing.T) {
 			e, image := secEnv(t)
 			ctx := testCtx(t)
-			for _, d := range []string{e.n.state, filepath.Dir(e.n.state)} {
-				os.Chmod(d, 0o711)
-			}
 			e.d.kill()
 			e.d = startDaemonEnv(t, e.n, []string{"TRIPOD_CRASH_AT=" + tc.point}, e.extra...)
 			hostID := uint32(1<<20 + rand.IntN(1000)*65536)

@@ -41,6 +41,16 @@ type Resources struct {
 	MemoryLimit                    int64
 	CpusetCpus, CpusetMems         string
 	OOMScoreAdj                    int64
+	// MemorySwap is memory plus swap (0 unset, -1 unlimited).
+	MemorySwap int64             `json:",omitempty"`
+	Hugepages  []Hugepage        `json:",omitempty"`
+	Unified    map[string]string `json:",omitempty"`
+}
+
+// Hugepage limits the hugetlb use of one page size ("2MB").
+type Hugepage struct {
+	PageSize string
+	Limit    uint64
 }
 
 // Input is everything a spec is made of.
@@ -223,7 +233,14 @@ func resources(in Input) *specs.LinuxResources {
 	}
 	if res.MemoryLimit > 0 {
 		r.Memory = &specs.LinuxMemory{Limit: &res.MemoryLimit}
+		if res.MemorySwap != 0 {
+			r.Memory.Swap = &res.MemorySwap
+		}
 	}
+	for _, h := range res.Hugepages {
+		r.HugepageLimits = append(r.HugepageLimits, specs.LinuxHugepageLimit{Pagesize: h.PageSize, Limit: h.Limit})
+	}
+	r.Unified = res.Unified
 	return r
 }
 

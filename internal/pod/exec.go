@@ -19,6 +19,10 @@ import (
 // maxExecOutput caps each stream of an ExecSync, as kubelet does.
 const maxExecOutput = 16 << 20
 
+// execReapGrace bounds the wait for the runtime client to reap an exec'd
+// process killed on timeout.
+const execReapGrace = 5 * time.Second
+
 // capped is a buffer that silently drops what goes past its cap.
 type capped struct{ bytes.Buffer }
 
@@ -73,15 +77,27 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		// Kill the process inside the container, not just the runtime
-		// client, so nothing is left running.
+		// Kill the process inside the container, then let the runtime
+		// client (its parent) reap it: killed first, the client would
+		// leave it a zombie under the container's init, which may never
+		// reap it.
+		killed := false
 		if b, rerr := os.ReadFile(pidFile); rerr == nil {
 			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
+				killed = syscall.Kill(pid, syscall.SIGKILL) == nil
 			}
 		}
-		run.Process.Kill()
-		<-done
+		if killed {
+			select {
+			case <-done:
+			case <-time.After(execReapGrace):
+				run.Process.Kill()
+				<-done
+			}
+		} else {
+			run.Process.Kill()
+			<-done
+		}
 		return o.Bytes(), e.Bytes(), 0, fmt.Errorf("exec in %s: timed out after %v: %w", c.ID, timeout, ctx.Err())
 	}
 	var ee *exec.ExitError
