@@ -19,10 +19,10 @@ func podSecurity(sc *runtimeapi.LinuxSandboxSecurityContext, cfg *pod.PodConfig)
 	if sc == nil {
 		return nil
 	}
+	// run_as_user, run_as_group, readonly_rootfs and the profiles are for
+	// a sandbox process: tripod pods have none (kubelet passes the pod's
+	// profiles on to each container).
 	const field = "config.linux.security_context"
-	if sc.RunAsGroup != nil && sc.RunAsUser == nil {
-		return fmt.Errorf("%s.run_as_group: needs run_as_user", field)
-	}
 	cfg.Privileged = sc.Privileged
 	ns := sc.GetNamespaceOptions().GetUsernsOptions()
 	if ns == nil {
