@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,9 @@ func (m *Manager) HandlerFeatures(ctx context.Context, handler string) Features 
 		return f
 	}
 	f = probeFeatures(ctx, bin)
+	if ctx.Err() != nil {
+		return f // cut short: probe again next time
+	}
 	m.features.mu.Lock()
 	if m.features.m == nil {
 		m.features.m = map[string]Features{}
@@ -99,19 +103,10 @@ func probeFeatures(ctx context.Context, bin string) Features {
 	setattr := hasMountSetattr()
 	idmap := doc.Linux.MountExtensions.IDMap.Enabled
 	return Features{
-		RecursiveReadOnly: setattr && contains(doc.MountOptions, "rro"),
+		RecursiveReadOnly: setattr && slices.Contains(doc.MountOptions, "rro"),
 		UserNamespaces: setattr && kernelAtLeast(5, 19) && idmap != nil && *idmap &&
-			contains(doc.Linux.Namespaces, "user"),
+			slices.Contains(doc.Linux.Namespaces, "user"),
 	}
-}
-
-func contains(l []string, s string) bool {
-	for _, v := range l {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // hasMountSetattr reports whether the kernel has mount_setattr(2): called
@@ -142,7 +137,11 @@ func (m *Manager) checkPodSecurity(ctx context.Context, cfg *PodConfig) error {
 		return nil
 	}
 	const field = "linux.security_context.namespace_options.userns_options"
-	for what, l := range map[string][]specs.LinuxIDMapping{"uids": ns.UIDs, "gids": ns.GIDs} {
+	for _, x := range []struct {
+		what string
+		l    []specs.LinuxIDMapping
+	}{{"uids", ns.UIDs}, {"gids", ns.GIDs}} {
+		what, l := x.what, x.l
 		switch {
 		case len(l) != 1:
 			return fmt.Errorf("%s.%s: exactly one mapping is supported, %d given: %w", field, what, len(l), errdefs.ErrInvalidArgument)
