@@ -25,6 +25,8 @@ APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
 APT_PACKAGES += criu
 # critest's look-alike images copy pgrep (procps) and ipcs (util-linux) from the host.
 APT_PACKAGES += procps
+# systemd-analyze verifies the systemd units make install writes.
+APT_PACKAGES += systemd
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2

@@ -208,6 +208,46 @@ func clampOOM(want int64) *int {
 	return &v
 }
 
+// Linux is r as OCI resources (cgroup limits only, no device rules).
+func (r Resources) Linux() *specs.LinuxResources {
+	out := resources(Input{Resources: r})
+	out.Devices = nil
+	return out
+}
+
+// ResourcesFrom is the inverse of Linux for the fields Resources has.
+func ResourcesFrom(l *specs.LinuxResources) Resources {
+	var r Resources
+	if l == nil {
+		return r
+	}
+	if c := l.CPU; c != nil {
+		r.CpusetCpus, r.CpusetMems = c.Cpus, c.Mems
+		if c.Shares != nil {
+			r.CPUShares = int64(*c.Shares)
+		}
+		if c.Quota != nil {
+			r.CPUQuota = *c.Quota
+		}
+		if c.Period != nil {
+			r.CPUPeriod = int64(*c.Period)
+		}
+	}
+	if m := l.Memory; m != nil {
+		if m.Limit != nil {
+			r.MemoryLimit = *m.Limit
+		}
+		if m.Swap != nil {
+			r.MemorySwap = *m.Swap
+		}
+	}
+	for _, h := range l.HugepageLimits {
+		r.Hugepages = append(r.Hugepages, Hugepage{PageSize: h.Pagesize, Limit: h.Limit})
+	}
+	r.Unified = l.Unified
+	return r
+}
+
 func resources(in Input) *specs.LinuxResources {
 	r := &specs.LinuxResources{
 		// Deny every device but the standard set runc creates.
