@@ -44,6 +44,13 @@ type ContainerConfig struct {
 	RunAsName   string
 	Privileged  bool
 	ReadOnly    bool
+	Security    oci.Security `json:",omitzero"`
+	// UserImage is the image as the user named it (the CRI's
+	// user_specified_image), for status.
+	UserImage string `json:",omitempty"`
+	// PIDTarget is a container of the pod whose PID namespace this one
+	// joins (NamespaceMode TARGET).
+	PIDTarget string `json:",omitempty"`
 	// CDIDevices are fully qualified CDI device names (vendor/class=name).
 	CDIDevices []string
 }
@@ -68,6 +75,8 @@ type Container struct {
 	StopSignal string   `json:"stopSignal,omitempty"`
 	Handler    string   `json:"handler"`
 	Pid        int      `json:"pid,omitempty"`
+	// User is the identity of the first process (uid, gid, groups).
+	User *specs.User `json:"user,omitempty"`
 	// ImageVolumes are the image mounts as made (their layers are in use).
 	ImageVolumes []ImageVolume `json:"imageVolumes,omitempty"`
 	// starting is set while StartContainer runs the runtime's start.
@@ -140,6 +149,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if !ready {
 		return nil, fmt.Errorf("pod %s is not ready: %w", p.ID, errdefs.ErrFailedPrecondition)
 	}
+	if err := m.checkContainerSecurity(ctx, p, &cfg); err != nil {
+		return nil, err
+	}
 	if m.images == nil {
 		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
 	}
@@ -202,10 +214,15 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		m.mu.Unlock()
 		return m.store.delete(containerBucket, c.ID)
 	})
-	u.add(func(context.Context) error { return errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir)) })
+	u.add(func(context.Context) error {
+		if err := rootfs.Cleanup(c.RWDir); err != nil {
+			return err // never remove recursively through a mount
+		}
+		return errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir))
+	})
 	t := time.Now()
 	root := filepath.Join(c.Bundle, "rootfs")
-	if err := rootfs.Mount(layers, c.RWDir, root); err != nil {
+	if err := m.mountRootfs(p, layers, c.RWDir, root); err != nil {
 		return nil, err
 	}
 	u.add(func(context.Context) error { return rootfs.Unmount(root) })
@@ -257,6 +274,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	m.crashpoint("ctr-create")
 	m.mu.Lock()
 	c.Pid = rep.Pid
+	c.User = &spec.Process.User
 	c.State = Created
 	m.publishLocked(ContainerCreated, c.ID, c.PodID)
 	cp := *c
@@ -295,6 +313,9 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	}
 	if unifiedCgroups() && !c.Privileged {
 		ns[specs.CgroupNamespace] = ""
+	}
+	if err := m.securityInput(p, c, &in); err != nil {
+		return nil, err
 	}
 	return oci.Generate(in)
 }
@@ -702,6 +723,9 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	}
 	m.monitor().Call(ctx, monitor.Request{Op: "forget", ID: c.ID})
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {
+		return err
+	}
+	if err := rootfs.Cleanup(c.RWDir); err != nil {
 		return err
 	}
 	if err := m.unmountImageVolumes(c); err != nil {

@@ -116,6 +116,11 @@ type PodConfig struct {
 	// SharePID gives the pod one PID namespace for all its containers.
 	SharePID bool
 	Handler  string
+	// Privileged pods may run privileged containers.
+	Privileged bool `json:",omitempty"`
+	// UserNS, when set, gives the pod a user namespace with these
+	// mappings, owning its other namespaces.
+	UserNS *oci.IDMap `json:",omitempty"`
 }
 
 // Pod is a pod sandbox.
@@ -159,6 +164,7 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	features   featureCache
 	ev         eventState
 	st         statsState
 	resMu      sync.Mutex // serialises resource updates
@@ -331,6 +337,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if _, ok := m.opt.Handlers[cfg.Handler]; !ok {
 		return nil, fmt.Errorf("runtime_handler: %q is not configured: %w", cfg.Handler, errdefs.ErrInvalidArgument)
 	}
+	if err := m.checkPodSecurity(ctx, &cfg); err != nil {
+		return nil, err
+	}
 	p := &Pod{PodConfig: cfg, ID: newID(), State: Creating, CreatedAt: time.Now().UnixNano()}
 	p.Dir = filepath.Join(m.opt.State, "pods", p.ID)
 	key := podKey(cfg.Meta)
@@ -370,6 +379,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if cfg.SharePID && !cfg.HostPID {
 		p.Namespaces[netns.PID] = filepath.Join(nsDir, "pid")
 	}
+	if cfg.UserNS != nil {
+		p.Namespaces[userKind] = filepath.Join(nsDir, string(userKind))
+	}
 	if !cfg.HostIPC {
 		p.Shm = filepath.Join(p.Dir, "shm")
 	}
@@ -389,7 +401,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	u.add(func(context.Context) error { return m.store.delete(podBucket, p.ID) })
 
 	t = time.Now()
-	if _, err := netns.Pin(nsDir, kinds, p.hostname()); err != nil {
+	if p.UserNS != nil {
+		err = m.pinUserPod(p, kinds)
+	} else {
+		_, err = netns.Pin(nsDir, kinds, p.hostname())
+	}
+	if err != nil {
 		return nil, err
 	}
 	u.add(func(context.Context) error { return netns.Unpin(p.Namespaces) })
@@ -404,9 +421,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		u.add(func(context.Context) error { return rootfs.Unmount(p.Shm) })
 	}
 	if pidPath, ok := p.Namespaces[netns.PID]; ok {
-		pid, err := m.startPodInit(pidPath)
-		if err != nil {
-			return nil, err
+		pid := p.InitPID // the user namespace's helper, if any
+		if pid == 0 {
+			if pid, err = m.startPodInit(pidPath); err != nil {
+				return nil, err
+			}
 		}
 		p.InitPID = pid
 		u.add(func(context.Context) error { stopPodInit(pid, pidPath); return nil })
@@ -416,6 +435,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	}
 	m.phase("netns", t)
 	if err := writePodFiles(p); err != nil {
+		return nil, err
+	}
+	if err := chownPodFiles(p); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {

@@ -51,7 +51,11 @@ func (m *Manager) startPodInit(path string) (int, error) {
 func stopPodInit(pid int, path string) {
 	if pid > 0 && netns.Same(pid, netns.PID, path) {
 		syscall.Kill(pid, syscall.SIGKILL)
+		return
 	}
+	// A crash between starting the init and recording its PID: find it
+	// by its namespace, still pinned at path.
+	killInit(path)
 }
 
 // Recover brings the manager in line with the node after a start: records
