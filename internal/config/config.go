@@ -28,9 +28,19 @@ type Config struct {
 	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only unless [tls] is set)"`
 	TLS    TLS    `toml:"tls"`
 
-	Image   Image   `toml:"image"`
-	Runtime Runtime `toml:"runtime"`
-	Metrics Metrics `toml:"metrics"`
+	Image     Image     `toml:"image"`
+	Runtime   Runtime   `toml:"runtime"`
+	Metrics   Metrics   `toml:"metrics"`
+	Streaming Streaming `toml:"streaming"`
+}
+
+// Streaming configures the server behind the exec, attach and
+// port-forward URLs (kubelet connects to it, from the same node).
+type Streaming struct {
+	Address      string `toml:"address" comment:"host:port of the exec/attach/port-forward server; port 0 picks a free one; a non-loopback address only if set here"`
+	CertFile     string `toml:"cert_file" comment:"serve HTTPS with this certificate (PEM); empty: plain HTTP"`
+	KeyFile      string `toml:"key_file" comment:"its private key (PEM)"`
+	ClientCAFile string `toml:"client_ca_file" comment:"with HTTPS, require client certificates chaining to this CA (PEM); optional"`
 }
 
 // TLS serves a tcp:// CRI endpoint over mutual TLS. The CRI has no
@@ -113,6 +123,7 @@ func Default() Config {
 			DefaultHandler: "runc",
 			Handlers:       map[string]Handler{"runc": {Path: "runc"}},
 		},
+		Streaming: Streaming{Address: "127.0.0.1:0"},
 	}
 }
 
@@ -211,6 +222,19 @@ func (c *Config) Validate() error {
 	}
 	if _, ok := c.Runtime.Handlers[c.Runtime.DefaultHandler]; !ok && c.Runtime.DefaultHandler != "runc" {
 		bad("runtime.default_handler", "%q is not among runtime.handlers", c.Runtime.DefaultHandler)
+	}
+	if _, _, err := net.SplitHostPort(c.Streaming.Address); err != nil {
+		bad("streaming.address", "want host:port, got %q", c.Streaming.Address)
+	}
+	if st := c.Streaming; st.CertFile != "" || st.KeyFile != "" || st.ClientCAFile != "" {
+		for _, f := range []struct{ name, v string }{{"streaming.cert_file", st.CertFile}, {"streaming.key_file", st.KeyFile}} {
+			if !filepath.IsAbs(f.v) {
+				bad(f.name, "must be an absolute path (HTTPS needs a certificate and its key), got %q", f.v)
+			}
+		}
+		if st.ClientCAFile != "" && !filepath.IsAbs(st.ClientCAFile) {
+			bad("streaming.client_ca_file", "must be an absolute path, got %q", st.ClientCAFile)
+		}
 	}
 	if a := c.Metrics.Address; a != "" {
 		if err := loopbackHostPort(a); err != nil {

@@ -33,6 +33,7 @@ type Server struct {
 	// anyone registered the pid (a runtime that exits very fast).
 	byPid     map[int]chan unix.WaitStatus
 	unclaimed map[int]unix.WaitStatus
+	dir       string // of the socket; console sockets go there too
 }
 
 type container struct {
@@ -47,6 +48,15 @@ type container struct {
 	log     *os.File
 	done    chan struct{} // closed once exit is set
 	exit    Exit
+
+	// For attach. With a TTY, master is the pty (output, stdin, resize).
+	tty, stdinOnce bool
+	master         *os.File
+	stdinMu        sync.Mutex
+	stdin          *os.File // nil once closed (or never opened)
+	attachMu       sync.Mutex
+	attached       map[*attachment]struct{}
+	outputDone     bool
 }
 
 // Serve runs a monitor on the socket at path until ctx ends. ready, if
@@ -55,7 +65,8 @@ func Serve(ctx context.Context, path string, ready io.WriteCloser) error {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("become child subreaper: %w", err)
 	}
-	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{}}
+	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{},
+		dir: filepath.Dir(path)}
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, syscall.SIGCHLD)
 	go s.reap(sigc)
@@ -123,12 +134,21 @@ func (s *Server) watch(pid int) chan unix.WaitStatus {
 func (s *Server) handle(conn net.Conn) {
 	defer conn.Close()
 	var req Request
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+	dec := json.NewDecoder(conn)
+	if err := dec.Decode(&req); err != nil {
 		return
 	}
+	// What the caller sends after its request (exec and attach).
+	in := io.MultiReader(dec.Buffered(), conn)
 	var rep Reply
 	var err error
 	switch req.Op {
+	case "exec":
+		s.exec(conn.(*net.UnixConn), in, req)
+		return
+	case "attach":
+		s.attach(conn, in, req)
+		return
 	case "ping":
 	case "create":
 		rep.Pid, err = s.create(req)
@@ -196,12 +216,9 @@ func (s *Server) handle(conn net.Conn) {
 		delete(s.containers, req.ID)
 		s.mu.Unlock()
 		if c != nil {
-			c.logMu.Lock()
-			if c.log != nil {
-				c.log.Close()
-				c.log = nil
-			}
-			c.logMu.Unlock()
+			c.closeLog()
+			c.closeStdin(false)
+			c.endAttach()
 		}
 	default:
 		err = fmt.Errorf("unknown op %q", req.Op)
@@ -213,7 +230,10 @@ func (s *Server) handle(conn net.Conn) {
 }
 
 // create runs `<runtime> create` with the container's stdout and stderr on
-// pipes this process reads, and starts watching the container's init.
+// pipes this process reads (or, with a TTY, a pty whose master the
+// runtime hands over on a console socket), and starts watching the
+// container's init. With Stdin the container's stdin is a pipe whose write
+// end this process keeps for attach.
 func (s *Server) create(req Request) (int, error) {
 	if req.ID == "" || req.Bundle == "" || req.Runtime == "" {
 		return 0, errors.New("create: id, bundle and runtime are required")
@@ -224,77 +244,106 @@ func (s *Server) create(req Request) (int, error) {
 		return 0, fmt.Errorf("container %s: already monitored", req.ID)
 	}
 	s.mu.Unlock()
-	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1}
+	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1,
+		tty: req.TTY, stdinOnce: req.StdinOnce}
 	if err := c.reopen(); err != nil {
 		return 0, err
 	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return 0, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return 0, err
-	}
+	// Everything opened here is closed on failure; what the container
+	// keeps is taken out of the list.
+	var opened []*os.File
+	ok := false
+	defer func() {
+		if !ok {
+			closeAll(opened)
+			c.closeLog()
+		}
+	}()
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		return 0, err
 	}
+	opened = append(opened, null)
+	stdio := []*os.File{null, null, null}
+	var outR, errR *os.File
 	pidFile := filepath.Join(req.Bundle, "init.pid")
 	logFile := filepath.Join(req.Bundle, "runtime.log")
 	args := append([]string{req.Runtime}, req.RuntimeArgs...)
-	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile, req.ID)
-	bin := req.Runtime
-	if !strings.Contains(bin, "/") {
-		if bin, err = lookPath(bin); err != nil {
-			null.Close()
-			outR.Close()
-			outW.Close()
-			errR.Close()
-			errW.Close()
+	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile)
+	var console *net.UnixListener
+	if req.TTY {
+		l, path, err := s.listenConsole()
+		if err != nil {
 			return 0, err
 		}
+		defer l.Close()
+		console = l
+		args = append(args, "--console-socket", path)
+	} else {
+		var outW, errW *os.File
+		if outR, outW, err = os.Pipe(); err != nil {
+			return 0, err
+		}
+		opened = append(opened, outR, outW)
+		if errR, errW, err = os.Pipe(); err != nil {
+			return 0, err
+		}
+		opened = append(opened, errR, errW)
+		stdio[1], stdio[2] = outW, errW
+		if req.Stdin {
+			inR, inW, err := os.Pipe()
+			if err != nil {
+				return 0, err
+			}
+			opened = append(opened, inR, inW)
+			stdio[0], c.stdin = inR, inW
+		}
 	}
-	s.mu.Lock() // hold the reaper off until the pid is registered
-	p, err := os.StartProcess(bin, args, &os.ProcAttr{Dir: req.Bundle, Files: []*os.File{null, outW, errW}})
-	var ch chan unix.WaitStatus
-	if err == nil {
-		ch = make(chan unix.WaitStatus, 1)
-		s.byPid[p.Pid] = ch
-	}
-	s.mu.Unlock()
-	null.Close()
-	outW.Close()
-	errW.Close()
+	args = append(args, req.ID)
+	_, ch, err := s.startRuntime(req.Runtime, args, req.Bundle, stdio)
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
-		return 0, fmt.Errorf("start %s: %w", req.Runtime, err)
+		return 0, err
+	}
+	// The runtime's copies are all the container needs.
+	for _, f := range stdio {
+		f.Close()
+	}
+	var consoleC chan *os.File
+	var consoleErr error
+	if console != nil {
+		consoleC = make(chan *os.File, 1)
+		go func() {
+			f, err := recvConsole(console)
+			consoleErr = err
+			consoleC <- f
+		}()
 	}
 	ws := <-ch
+	if console != nil {
+		console.Close()
+		if c.master = <-consoleC; c.master != nil {
+			opened = append(opened, c.master)
+		}
+	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: %s: %s", req.Runtime, describe(ws), runtimeError(logFile))
+	}
+	if console != nil && c.master == nil {
+		// The caller's rollback deletes what the runtime created.
+		return 0, fmt.Errorf("%s create: %v", req.Runtime, consoleErr)
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: pid file: %w", req.Runtime, err)
 	}
 	c.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	if c.pid <= 0 {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: bad pid file %q", req.Runtime, b)
 	}
+	if req.TTY && req.Stdin {
+		c.stdin = c.master
+	}
+	ok = true
 	c.oomBase = oomKills(c.oomFile)
 	// Opened before the init can be reaped (only this process reaps it).
 	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
@@ -306,9 +355,16 @@ func (s *Server) create(req Request) (int, error) {
 	s.mu.Unlock()
 
 	var copiers sync.WaitGroup
-	copiers.Add(2)
-	go func() { defer copiers.Done(); c.copyLog(outR, "stdout") }()
-	go func() { defer copiers.Done(); c.copyLog(errR, "stderr") }()
+	if c.master != nil {
+		copiers.Add(1)
+		go func() { defer copiers.Done(); c.copyLog(c.master, "stdout", frameStdout) }()
+	} else {
+		copiers.Add(2)
+		go func() { defer copiers.Done(); c.copyLog(outR, "stdout", frameStdout) }()
+		go func() { defer copiers.Done(); c.copyLog(errR, "stderr", frameStderr) }()
+	}
+	drained := make(chan struct{})
+	go func() { copiers.Wait(); c.endAttach(); close(drained) }()
 	go func() {
 		ws := <-initCh
 		e := Exit{Pid: c.pid, FinishedAt: time.Now().UnixNano()}
@@ -324,12 +380,11 @@ func (s *Server) create(req Request) (int, error) {
 		}
 		// Let the log catch up with what the container wrote last,
 		// but never hang on a descendant that kept the pipe open.
-		drained := make(chan struct{})
-		go func() { copiers.Wait(); close(drained) }()
 		select {
 		case <-drained:
 		case <-time.After(2 * time.Second):
 		}
+		c.closeStdin(false)
 		writeExit(c.bundle, e)
 		s.mu.Lock()
 		c.exit = e
@@ -424,8 +479,9 @@ func (c *container) closeLog() {
 	}
 }
 
-// copyLog writes r's lines as CRI log entries until r ends.
-func (c *container) copyLog(r *os.File, stream string) {
+// copyLog writes r's lines as CRI log entries until r ends, and hands
+// them to the attached clients.
+func (c *container) copyLog(r *os.File, stream string, kind byte) {
 	defer r.Close()
 	br := bufio.NewReaderSize(r, maxLine)
 	var entry []byte
@@ -453,6 +509,7 @@ func (c *container) copyLog(r *os.File, stream string) {
 				c.log.Write(entry)
 			}
 			c.logMu.Unlock()
+			c.fanout(kind, line)
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			return

@@ -20,6 +20,7 @@ type RuntimeServer struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	m       *pod.Manager
 	version string
+	streams Streams // exec, attach and port-forward URLs; see SetStreams
 }
 
 // NewRuntimeServer serves m; version is tripodd's.
