@@ -211,8 +211,14 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 
 	stop := make(chan struct{})
 	go func() {
+		// A kill request (any byte but the newline that ended the
+		// request), or the caller gone.
 		var b [1]byte
-		in.Read(b[:]) // a kill request, or the caller gone
+		for {
+			if _, err := in.Read(b[:]); err != nil || b[0] != '\n' {
+				break
+			}
+		}
 		close(stop)
 	}()
 	var st unix.WaitStatus

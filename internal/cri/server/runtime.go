@@ -271,6 +271,7 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 		Meta:  pod.Meta{Name: c.Metadata.Name, Attempt: c.Metadata.Attempt},
 		Image: c.Image.Image, Command: c.Command, Args: c.Args, WorkingDir: c.WorkingDir,
 		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath,
+		Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.Tty,
 	}
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
