@@ -20,6 +20,13 @@ APT_PACKAGES += e2fsprogs xfsprogs util-linux
 # A current runc is built from source (Debian's 1.1 predates idmapped
 # mounts, which user namespaces need); seccomp support needs libseccomp.
 APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
+# CheckpointContainer dumps through CRIU (see docs/runtime.md for why it
+# cannot run on kernels >= 6.13 with bookworm's 3.17).
+APT_PACKAGES += criu
+# critest's look-alike images copy pgrep (procps) and ipcs (util-linux) from the host.
+APT_PACKAGES += procps
+# systemd-analyze verifies the systemd units make install writes.
+APT_PACKAGES += systemd
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -35,7 +42,22 @@ REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
 
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi bench-cri up install-cni clean
+# make install: the usual PREFIX and DESTDIR (staging for packages), and
+# the binaries of runc and crictl to ship (the pinned ones make go-tools
+# builds, unless named).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/lib/tripod
+SYSCONFDIR ?= /etc
+CNIBINDIR ?= /opt/cni/bin
+UNITDIR ?= $(SYSCONFDIR)/systemd/system
+INSTALL_RUNC ?= $(TOOLS)/runc
+INSTALL_CRICTL ?= $(TOOLS)/crictl
+INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBEXECDIR='$(LIBEXECDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
+	CNIBINDIR='$(CNIBINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' RUNC='$(INSTALL_RUNC)' CRICTL='$(INSTALL_CRICTL)'
+
+.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi bench-cri up install uninstall install-cni clean
 
 all: build
 
@@ -122,21 +144,27 @@ bench-cri: deps build bench-deps
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cri
 
-# The main job: install the CNI plugins into /opt/cni/bin, then run
-# tripod-csi and tripodd on their embedded defaults until Ctrl-C (CRI
-# socket /run/tripod/tripod.sock, CSI socket
-# /var/lib/kubelet/plugins/csi.tripod.dev/csi.sock). `tripod up` (issue 7)
-# will take this over.
-up: deps build install-cni
-	@$(BIN)/tripod-csi & csi=$$!; \
-	trap 'kill $$csi 2>/dev/null; wait $$csi' EXIT INT TERM; \
-	$(BIN)/tripodd
+# The main job: dependencies, build, install (make install), then `tripod
+# up`: tripodd and tripod-csi run as daemons (logs in /var/log/tripod), the
+# CNI plugins and a default bridge network are in place, and crictl
+# reaches tripodd. `tripod down` stops them.
+up: deps install
+	$(BINDIR)/tripod up
 
+# Programs into $(BINDIR) (tripodd, tripod, tripod-csi, tripod-monitor,
+# tripod-cni, crictl), runc into $(LIBEXECDIR), the CNI plugins into
+# $(CNIBINDIR), tripod.toml into $(SYSCONFDIR)/tripod, systemd units into
+# $(UNITDIR) (not enabled). uninstall removes exactly what install put, from
+# the manifest in $(LIBEXECDIR).
+install: build $(INSTALL_RUNC) $(INSTALL_CRICTL)
+	$(INSTALL_ENV) deploy/node/install.sh install
+
+uninstall:
+	$(INSTALL_ENV) deploy/node/install.sh uninstall
+
+# The CNI plugins alone, into $(CNIBINDIR) (no network config).
 install-cni: build
-	install -d /opt/cni/bin
-	install -m 0755 $(BIN)/tripod-cni /opt/cni/bin/tripod-cni
-	@for p in $$($(BIN)/tripod-cni list); do ln -sfn tripod-cni /opt/cni/bin/$$p; done
-	@echo "tripod CNI plugins installed in /opt/cni/bin"
+	$(BIN)/tripod cni install --from $(BIN) --bin-dir $(CNIBINDIR) --no-config
 
 clean:
 	rm -rf $(BIN)

@@ -1,4 +1,12 @@
-// tripod is the node's command line for tripodd. Image commands:
+// tripod is the node's command line. The node stack:
+//
+//	tripod up [flags]              start tripodd and tripod-csi as daemons, install the CNI
+//	                               plugins and a default bridge network, wait until both are ready
+//	tripod down [--pods] [flags]   stop them (containers keep running unless --pods)
+//	tripod status [flags]
+//	tripod cni install [flags]     the CNI plugins and default network alone (deploy/cni, make install)
+//
+// Image commands:
 //
 //	tripod images pull [--creds USER:PASS] REF     pull through the CRI, showing progress
 //	tripod images ls                               list images (CRI)
@@ -42,6 +50,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tripod:", err)
 		os.Exit(1)
@@ -62,8 +73,20 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	rest := fs.Args()
-	if len(rest) < 2 || rest[0] != "images" {
-		return errors.New("usage: tripod [--endpoint unix:///run/tripod/tripod.sock] [--admin /run/tripod/admin.sock] images pull|ls|import|export ARGS")
+	if len(rest) == 0 {
+		return errUsage
+	}
+	switch {
+	case rest[0] == "up":
+		return c.up(ctx, rest[1:])
+	case rest[0] == "down":
+		return c.down(ctx, rest[1:])
+	case rest[0] == "status":
+		return c.status(ctx, rest[1:])
+	case rest[0] == "cni" && len(rest) > 1 && rest[1] == "install":
+		return c.cniInstall(ctx, rest[2:])
+	case rest[0] != "images" || len(rest) < 2:
+		return errUsage
 	}
 	switch rest[1] {
 	case "pull":

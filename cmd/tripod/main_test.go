@@ -18,11 +18,14 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/internal/image/imagetest"
 )
 
-var tripod, tripodd string
+// tripod and tripodd are the binaries under test, built with the rest of
+// the node's programs into binDir (tripod up runs them from beside itself).
+var tripod, tripodd, binDir string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "tripod-bin")
@@ -30,9 +33,19 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	binDir = dir
 	tripod, tripodd = filepath.Join(dir, "tripod"), filepath.Join(dir, "tripodd")
-	for bin, pkg := range map[string]string{tripod: ".", tripodd: "../tripodd"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+	// Daemons that tripod up detaches are orphaned when it exits: this
+	// process adopts and reaps them, not PID 1 (which may not reap).
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "PR_SET_CHILD_SUBREAPER:", err)
+		os.Exit(1)
+	}
+	for bin, pkg := range map[string]string{tripod: ".", tripodd: "../tripodd", filepath.Join(dir, "tripod-csi"): "../tripod-csi",
+		filepath.Join(dir, "tripod-monitor"): "../tripod-monitor", filepath.Join(dir, "tripod-cni"): "../tripod-cni"} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
 			os.RemoveAll(dir)
 			os.Exit(1)

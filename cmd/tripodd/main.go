@@ -1,6 +1,6 @@
 // tripodd is tripod's CRI daemon. It serves the CRI ImageService and RuntimeService.
 //
-//	tripodd [--config FILE] [--root DIR] [--state DIR] [--listen unix:///path.sock] [--registry-hosts-dir DIR] [--cni-conf-dir DIR] [--cni-bin-dir DIR]
+//	tripodd [--config FILE] [--root DIR] [--state DIR] [--listen unix:///path.sock] [--registry-hosts-dir DIR] [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--nri-socket PATH]
 //	tripodd config default     print the full default configuration
 //	tripodd config check       validate the configuration (with the flags applied) and print it
 //	tripodd version
@@ -35,6 +35,7 @@ func run(args []string) error {
 	hosts := fs.String("registry-hosts-dir", "", "directory of <registry>/hosts.toml files (overrides image.registry_hosts_dir)")
 	cniConf := fs.String("cni-conf-dir", "", "CNI configuration directory (overrides runtime.cni_conf_dir)")
 	cniBin := fs.String("cni-bin-dir", "", "CNI plugin directories, ':'-separated (overrides runtime.cni_bin_dir)")
+	nriSocket := fs.String("nri-socket", "", "NRI plugin socket (overrides nri.socket_path)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,7 +67,7 @@ func run(args []string) error {
 		flag string
 		dst  *string
 	}{{*root, &cfg.Root}, {*state, &cfg.State}, {*listen, &cfg.Listen}, {*hosts, &cfg.Image.RegistryHostsDir},
-		{*cniConf, &cfg.Runtime.CNIConfDir}, {*cniBin, &cfg.Runtime.CNIBinDir}} {
+		{*cniConf, &cfg.Runtime.CNIConfDir}, {*cniBin, &cfg.Runtime.CNIBinDir}, {*nriSocket, &cfg.NRI.SocketPath}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}

@@ -85,6 +85,10 @@ type node struct {
 	root, state, sock, hosts string
 }
 
+// nriSock is the node's NRI plugin socket, beside its CRI socket (a path
+// short enough for a unix socket): never the host's.
+func (n node) nriSock() string { return filepath.Join(filepath.Dir(n.sock), "nri.sock") }
+
 func newNode(t *testing.T) node {
 	sockDir := t.TempDir()
 	if len(sockDir) > 80 {
@@ -116,7 +120,7 @@ func startDaemon(t *testing.T, n node, extra ...string) *daemonProc {
 func startDaemonEnv(t *testing.T, n node, env []string, extra ...string) *daemonProc {
 	t.Helper()
 	args := append([]string{"--config", filepath.Join(n.state, "none.toml"), "--root", n.root, "--state", n.state,
-		"--listen", "unix://" + n.sock, "--registry-hosts-dir", n.hosts}, extra...)
+		"--listen", "unix://" + n.sock, "--registry-hosts-dir", n.hosts, "--nri-socket", n.nriSock()}, extra...)
 	if _, err := os.Stat(filepath.Join(n.state, "none.toml")); err != nil {
 		os.WriteFile(filepath.Join(n.state, "none.toml"), nil, 0o644)
 	}

@@ -58,23 +58,9 @@ func runtimePrereqs(t *testing.T) {
 
 // busyboxImage is busybox-static with its applets as links.
 func busyboxImage(t *testing.T) []imagetest.Entry {
-	bb, err := os.ReadFile("/bin/busybox")
+	es, err := imagetest.Busybox()
 	if err != nil {
 		t.Fatal(err)
-	}
-	es := []imagetest.Entry{{Name: "bin/", Type: '5'}, {Name: "bin/busybox", Body: string(bb), Mode: 0o755},
-		{Name: "tmp/", Type: '5', Mode: 0o1777}, {Name: "etc/", Type: '5'},
-		{Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"},
-		{Name: "etc/group", Body: "root:x:0:\nnogroup:x:65534:\n"}}
-	list, err := exec.Command("/bin/busybox", "--list").Output()
-	if err != nil {
-		t.Fatalf("busybox --list: %v", err)
-	}
-	for _, a := range strings.Fields(string(list)) {
-		if a == "busybox" {
-			continue
-		}
-		es = append(es, imagetest.Entry{Name: "bin/" + a, Type: '2', Linkname: "busybox"})
 	}
 	return es
 }
@@ -187,7 +173,8 @@ func (e *podEnv) removeAll() {
 	t := e.t
 	sock := e.n.sock + ".cleanup"
 	cmd := exec.Command(tripodd, "--config", filepath.Join(e.n.state, "none.toml"), "--root", e.n.root, "--state", e.n.state,
-		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t))
+		"--listen", "unix://"+sock, "--registry-hosts-dir", e.n.hosts, "--cni-conf-dir", e.confDir, "--cni-bin-dir", cnitest.BinDir(t),
+		"--nri-socket", e.n.nriSock())
 	// Any config this test removed is back for the teardown.
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log

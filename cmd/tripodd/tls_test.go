@@ -99,7 +99,8 @@ func TestMutualTLSEndpoint(t *testing.T) {
 		t.Fatalf("tripodd accepted tcp://0.0.0.0:1 without TLS:\n%s", out)
 	}
 
-	cmd := exec.Command(tripodd, "--config", conf, "--root", n.root, "--state", n.state, "--registry-hosts-dir", n.hosts)
+	cmd := exec.Command(tripodd, "--config", conf, "--root", n.root, "--state", n.state, "--registry-hosts-dir", n.hosts,
+		"--nri-socket", n.nriSock())
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {

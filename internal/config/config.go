@@ -31,7 +31,12 @@ type Config struct {
 	Image     Image     `toml:"image"`
 	Runtime   Runtime   `toml:"runtime"`
 	Metrics   Metrics   `toml:"metrics"`
+	NRI       NRI       `toml:"nri"`
 	Streaming Streaming `toml:"streaming"`
+
+	// CSI is tripod-csi's [csi] table, kept in the same file so a node has
+	// one config; tripod-csi parses it (tripod-csi --print-config).
+	CSI map[string]any `toml:"csi,omitempty" comment:"tripod-csi's settings; tripodd ignores them"`
 }
 
 // Streaming configures the server behind the exec, attach and
@@ -64,6 +69,8 @@ type Runtime struct {
 	DefaultHandler string             `toml:"default_handler" comment:"runtime handler for pods that name none"`
 	Handlers       map[string]Handler `toml:"handlers" comment:"OCI runtimes by RuntimeClass handler name, e.g. [runtime.handlers.crun] path = \"crun\""`
 	MonitorPath    string             `toml:"monitor_path" comment:"tripod-monitor binary; empty means beside tripodd"`
+	EventBuffer    int                `toml:"event_buffer" comment:"container events buffered per GetContainerEvents subscriber; one that falls further behind is cut off (and relists)"`
+	CDISpecDirs    []string           `toml:"cdi_spec_dirs" comment:"CDI spec directories, later ones taking precedence; empty disables CDI devices"`
 }
 
 // Handler is one OCI runtime.
@@ -122,8 +129,11 @@ func Default() Config {
 			CgroupParent:   "/tripod",
 			DefaultHandler: "runc",
 			Handlers:       map[string]Handler{"runc": {Path: "runc"}},
+			EventBuffer:    1024,
+			CDISpecDirs:    []string{"/etc/cdi", "/var/run/cdi"},
 		},
 		Streaming: Streaming{Address: "127.0.0.1:0"},
+		NRI:       defaultNRI(),
 	}
 }
 
@@ -236,6 +246,11 @@ func (c *Config) Validate() error {
 			bad("streaming.client_ca_file", "must be an absolute path, got %q", st.ClientCAFile)
 		}
 	}
+	if c.Runtime.EventBuffer < 1 {
+		bad("runtime.event_buffer", "must be at least 1, got %d", c.Runtime.EventBuffer)
+	}
+	validateCDIDirs(c.Runtime.CDISpecDirs, bad)
+	c.NRI.validate(bad)
 	if a := c.Metrics.Address; a != "" {
 		if err := loopbackHostPort(a); err != nil {
 			bad("metrics.address", "%v", err)

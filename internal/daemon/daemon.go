@@ -22,6 +22,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/adminapi"
+	"github.com/tripod-dev/tripod/internal/cdi"
 	"github.com/tripod-dev/tripod/internal/cnirun"
 	"github.com/tripod-dev/tripod/internal/config"
 	"github.com/tripod-dev/tripod/internal/cri/server"
@@ -29,6 +30,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/image/pull"
 	"github.com/tripod-dev/tripod/internal/metrics"
+	"github.com/tripod-dev/tripod/internal/nri"
 	"github.com/tripod-dev/tripod/internal/pod"
 )
 
@@ -42,6 +44,7 @@ type Daemon struct {
 	Images  *image.Service
 	Pods    *pod.Manager
 	Metrics *metrics.Registry
+	nri     *nri.NRI
 	grpc    *grpc.Server
 	lis     net.Listener
 	http    *http.Server
@@ -87,6 +90,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	// The runtime's metadata loads first: the image store's start-up
 	// repair asks it which layers containers use.
 	var err error
+	var devices pod.DeviceInjector
+	if len(cfg.Runtime.CDISpecDirs) > 0 {
+		if devices, err = cdi.New(cfg.Runtime.CDISpecDirs, log); err != nil {
+			return nil, err
+		}
+	}
 	d.Pods, err = pod.New(pod.Options{
 		Root:           filepath.Join(cfg.Root, "runtime"),
 		State:          filepath.Join(cfg.State, "runtime"),
@@ -96,8 +105,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		CgroupDriver:   cfg.Runtime.CgroupDriver,
 		CgroupParent:   cfg.Runtime.CgroupParent,
 		MonitorPath:    cfg.Runtime.MonitorPath,
+		EventBuffer:    cfg.Runtime.EventBuffer,
 		Logger:         log,
 		Metrics:        d.Metrics,
+		CDI:            devices,
 		CrashAt:        os.Getenv("TRIPOD_CRASH_AT"),
 	})
 	if err != nil {
@@ -105,7 +116,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	}
 	d.Images, err = image.New(ctx, image.Options{
 		Root:             ImageRoot(cfg.Root),
-		ContainerDir:     filepath.Join(cfg.Root, "containers"),
+		ContainerDir:     filepath.Join(cfg.Root, "runtime", "containers"), // the pod core's writable layers
 		HostsDir:         cfg.Image.RegistryHostsDir,
 		Auths:            auths,
 		Platform:         pull.Platform{OS: os_, Architecture: arch, Variant: variant},
@@ -125,6 +136,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		d.Pods.Close()
 		d.Images.Close()
 		return nil, fmt.Errorf("runtime recovery: %w", err)
+	}
+	if cfg.NRI.Enable {
+		if d.nri, err = newNRI(cfg, d, devices); err != nil {
+			d.Pods.Close()
+			d.Images.Close()
+			return nil, err
+		}
 	}
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(16 << 20), grpc.MaxSendMsgSize(16 << 20), grpc.UnaryInterceptor(rpcMetrics(d.Metrics))}
 	if cfg.TLS.Enabled() {
@@ -228,6 +246,14 @@ func listen(endpoint string, mutualTLS bool) (net.Listener, error) {
 // Serve answers CRI calls until ctx ends, then stops gracefully (in-flight
 // calls get a few seconds) and closes the stores.
 func (d *Daemon) Serve(ctx context.Context) error {
+	if d.nri != nil {
+		// Plugins connect once pods can be asked for; they are stopped
+		// after the last CRI call.
+		if err := d.nri.Start(); err != nil {
+			return err
+		}
+		defer d.nri.Stop()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.grpc.Serve(d.lis) }()
 	go func() {

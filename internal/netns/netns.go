@@ -29,8 +29,10 @@ const (
 var flags = map[Kind]int{Net: unix.CLONE_NEWNET, IPC: unix.CLONE_NEWIPC, UTS: unix.CLONE_NEWUTS}
 
 // Pin creates new namespaces of the given kinds and bind-mounts each at
-// dir/<kind>. hostname is set in a new UTS namespace. On error nothing is
-// left mounted. The returned map is kind → path.
+// dir/<kind>. hostname is set in a new UTS namespace; a new network
+// namespace has its loopback up, as pods expect (127.0.0.1 and ::1 reach
+// the pod itself). On error nothing is left mounted. The returned map is
+// kind → path.
 func Pin(dir string, kinds []Kind, hostname string) (map[Kind]string, error) {
 	if len(kinds) == 0 {
 		return map[Kind]string{}, nil
@@ -45,7 +47,7 @@ func Pin(dir string, kinds []Kind, hostname string) (map[Kind]string, error) {
 		}
 		paths[k] = filepath.Join(dir, string(k))
 	}
-	if err := pin(paths, hostname, os.O_CREATE); err != nil {
+	if err := pin(paths, hostname, os.O_CREATE, true); err != nil {
 		return nil, err
 	}
 	return paths, nil
@@ -59,13 +61,14 @@ func PinNet(path string) error {
 	if err := Prepare(filepath.Dir(path)); err != nil {
 		return err
 	}
-	return pin(map[Kind]string{Net: path}, "", os.O_CREATE|os.O_EXCL)
+	return pin(map[Kind]string{Net: path}, "", os.O_CREATE|os.O_EXCL, false)
 }
 
 // pin creates the files of paths (opened with openFlags), unshares their
 // kinds on a thread of its own and bind-mounts each namespace on its file.
-// On error nothing is left mounted or created.
-func pin(paths map[Kind]string, hostname string, openFlags int) error {
+// With loopback, a new network namespace gets its lo up. On error nothing
+// is left mounted or created.
+func pin(paths map[Kind]string, hostname string, openFlags int, loopback bool) error {
 	var mask int
 	created := map[Kind]string{}
 	for k, p := range paths {
@@ -90,6 +93,12 @@ func pin(paths map[Kind]string, hostname string, openFlags int) error {
 		if hostname != "" && paths[UTS] != "" {
 			if err := unix.Sethostname([]byte(hostname)); err != nil {
 				errc <- fmt.Errorf("sethostname %q: %w", hostname, err)
+				return
+			}
+		}
+		if loopback && paths[Net] != "" {
+			if err := loopbackUp(); err != nil {
+				errc <- err
 				return
 			}
 		}
@@ -186,4 +195,25 @@ func Same(pid int, kind Kind, path string) bool {
 		return false
 	}
 	return a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// loopbackUp sets lo up in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
 }

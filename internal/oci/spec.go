@@ -35,6 +35,16 @@ type Resources struct {
 	MemoryLimit                    int64
 	CpusetCpus, CpusetMems         string
 	OOMScoreAdj                    int64
+	// MemorySwap is memory plus swap (0 unset, -1 unlimited).
+	MemorySwap int64             `json:",omitempty"`
+	Hugepages  []Hugepage        `json:",omitempty"`
+	Unified    map[string]string `json:",omitempty"`
+}
+
+// Hugepage limits the hugetlb use of one page size ("2MB").
+type Hugepage struct {
+	PageSize string
+	Limit    uint64
 }
 
 // Input is everything a spec is made of.
@@ -202,6 +212,46 @@ func clampOOM(want int64) *int {
 	return &v
 }
 
+// Linux is r as OCI resources (cgroup limits only, no device rules).
+func (r Resources) Linux() *specs.LinuxResources {
+	out := resources(Input{Resources: r})
+	out.Devices = nil
+	return out
+}
+
+// ResourcesFrom is the inverse of Linux for the fields Resources has.
+func ResourcesFrom(l *specs.LinuxResources) Resources {
+	var r Resources
+	if l == nil {
+		return r
+	}
+	if c := l.CPU; c != nil {
+		r.CpusetCpus, r.CpusetMems = c.Cpus, c.Mems
+		if c.Shares != nil {
+			r.CPUShares = int64(*c.Shares)
+		}
+		if c.Quota != nil {
+			r.CPUQuota = *c.Quota
+		}
+		if c.Period != nil {
+			r.CPUPeriod = int64(*c.Period)
+		}
+	}
+	if m := l.Memory; m != nil {
+		if m.Limit != nil {
+			r.MemoryLimit = *m.Limit
+		}
+		if m.Swap != nil {
+			r.MemorySwap = *m.Swap
+		}
+	}
+	for _, h := range l.HugepageLimits {
+		r.Hugepages = append(r.Hugepages, Hugepage{PageSize: h.Pagesize, Limit: h.Limit})
+	}
+	r.Unified = l.Unified
+	return r
+}
+
 func resources(in Input) *specs.LinuxResources {
 	r := &specs.LinuxResources{
 		// Deny every device but the standard set runc creates.
@@ -227,7 +277,14 @@ func resources(in Input) *specs.LinuxResources {
 	}
 	if res.MemoryLimit > 0 {
 		r.Memory = &specs.LinuxMemory{Limit: &res.MemoryLimit}
+		if res.MemorySwap != 0 {
+			r.Memory.Swap = &res.MemorySwap
+		}
 	}
+	for _, h := range res.Hugepages {
+		r.HugepageLimits = append(r.HugepageLimits, specs.LinuxHugepageLimit{Pagesize: h.PageSize, Limit: h.Limit})
+	}
+	r.Unified = res.Unified
 	return r
 }
 

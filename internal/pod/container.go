@@ -33,6 +33,7 @@ type ContainerConfig struct {
 	WorkingDir  string
 	Env         []string
 	Mounts      []oci.Mount
+	ImageMounts []ImageMount
 	Devices     []oci.Device
 	Labels      map[string]string
 	Annotations map[string]string
@@ -43,6 +44,8 @@ type ContainerConfig struct {
 	RunAsName   string
 	Privileged  bool
 	ReadOnly    bool
+	// CDIDevices are fully qualified CDI device names (vendor/class=name).
+	CDIDevices []string
 	// Stdin keeps a stdin pipe open for attach; StdinOnce closes it after
 	// the first attach; TTY gives the container a pseudo-terminal.
 	Stdin     bool
@@ -70,6 +73,10 @@ type Container struct {
 	StopSignal string   `json:"stopSignal,omitempty"`
 	Handler    string   `json:"handler"`
 	Pid        int      `json:"pid,omitempty"`
+	// ImageVolumes are the image mounts as made (their layers are in use).
+	ImageVolumes []ImageVolume `json:"imageVolumes,omitempty"`
+	// starting is set while StartContainer runs the runtime's start.
+	starting bool
 }
 
 func (m *Manager) runtimeArgs(handler string) (string, []string) {
@@ -140,6 +147,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	case cfg.Image == "":
 		return nil, fmt.Errorf("config.image: required: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := m.ValidateResources("config.linux.resources", cfg.Resources); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	ready := p.State == Ready
 	m.mu.Unlock()
@@ -148,6 +158,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	}
 	if m.images == nil {
 		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
+	}
+	if err := checkRestore(ctx, cfg.Image); err != nil {
+		return nil, err
 	}
 	img, err := m.images.Lookup(cfg.Image)
 	if err != nil {
@@ -172,6 +185,10 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	}
 	c.Bundle = filepath.Join(m.opt.State, "containers", c.ID)
 	c.RWDir = filepath.Join(m.opt.Root, "containers", c.ID)
+	var volDirs [][]string
+	if c.ImageVolumes, volDirs, err = m.resolveImageVolumes(c.Bundle, cfg.ImageMounts); err != nil {
+		return nil, err
+	}
 	if p.LogDir != "" && cfg.LogPath != "" {
 		c.FullLog = filepath.Join(p.LogDir, cfg.LogPath)
 	}
@@ -195,6 +212,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	u.add(func(context.Context) error {
 		m.mu.Lock()
 		delete(m.containers, c.ID)
+		if c.State != Creating {
+			m.publishLocked(ContainerDeleted, c.ID, c.PodID)
+		}
 		m.mu.Unlock()
 		return m.store.delete(containerBucket, c.ID)
 	})
@@ -205,6 +225,10 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil, err
 	}
 	u.add(func(context.Context) error { return rootfs.Unmount(root) })
+	if err := m.mountImageVolumes(c, volDirs); err != nil {
+		return nil, err
+	}
+	u.add(func(context.Context) error { return m.unmountImageVolumes(c) })
 	m.phase("rootfs", t)
 	m.crashpoint("ctr-rootfs")
 
@@ -212,6 +236,14 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	spec, err := m.spec(p, c, &icfg.Config, root)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", errdefs.Wrap(errdefs.ErrInvalidArgument, err))
+	}
+	if err := m.injectCDI(spec, c); err != nil {
+		return nil, err
+	}
+	unblock := m.blockSync()
+	defer unblock()
+	if err := m.hookCreateContainer(ctx, p, c, spec, &u); err != nil {
+		return nil, err
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -242,11 +274,13 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	m.mu.Lock()
 	c.Pid = rep.Pid
 	c.State = Created
+	m.publishLocked(ContainerCreated, c.ID, c.PodID)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		return nil, err
 	}
+	m.hookPostCreate(ctx, p, c)
 	return &cp, nil
 }
 
@@ -265,7 +299,7 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 		"/etc/hostname": filepath.Join(p.Dir, "hostname")}
 	in := oci.Input{
 		Image: img, Rootfs: root, Command: c.Command, Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir,
-		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: c.Mounts, Devices: c.Devices,
+		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: append(slices.Clone(c.Mounts), c.imageVolumeMounts()...), Devices: c.Devices,
 		Resources: c.Resources, Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
 		Sysctls: p.Sysctls, CgroupsPath: m.cgroupsPath(p, c.ID), Namespaces: ns, Files: files, ShmDir: p.Shm,
 	}
@@ -289,22 +323,47 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	m.mu.Lock()
-	st := c.State
+	st, starting := c.State, c.starting
+	if st == Created && !starting {
+		c.starting = true
+	}
 	m.mu.Unlock()
-	if st != Created {
+	if st != Created || starting {
 		return fmt.Errorf("container %s is %s, not created: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	if err := m.hookStart(ctx, c); err != nil {
+		m.mu.Lock()
+		c.starting = false
+		m.mu.Unlock()
+		return err
+	}
 	t := time.Now()
-	if err := m.runtime(ctx, c, "start", c.ID); err != nil {
+	err = m.runtime(ctx, c, "start", c.ID)
+	m.mu.Lock()
+	c.starting = false
+	if err != nil {
+		m.mu.Unlock()
 		return err
 	}
 	m.phase("start", t)
-	m.mu.Lock()
-	c.State = Running
-	c.StartedAt = time.Now().UnixNano()
+	// An exit already recorded (a process that ended at once) reported
+	// the start with it: see setExit.
+	running := c.State == Created
+	if running {
+		c.State = Running
+		c.StartedAt = time.Now().UnixNano()
+		m.publishLocked(ContainerStarted, c.ID, c.PodID)
+	}
 	cp := *c
 	m.mu.Unlock()
-	return m.store.put(containerBucket, c.ID, &cp)
+	if running {
+		m.watchExit(c)
+	}
+	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
+		return err
+	}
+	m.hookPostStart(ctx, c)
+	return nil
 }
 
 func (m *Manager) findContainer(id string) (*Container, error) {
@@ -353,6 +412,11 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 		m.mu.Unlock()
 		return
 	}
+	if c.State == Created && c.starting {
+		// It exited before StartContainer could record the start.
+		c.StartedAt = time.Now().UnixNano()
+		m.publishLocked(ContainerStarted, c.ID, c.PodID)
+	}
 	c.State = Exited
 	c.FinishedAt = e.FinishedAt
 	c.ExitCode = e.Code
@@ -367,11 +431,13 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	if c.StartedAt == 0 {
 		c.StartedAt = e.FinishedAt
 	}
+	m.publishLocked(ContainerStopped, c.ID, c.PodID)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		m.log.Warn("recording exit", "container", c.ID, "err", err)
 	}
+	m.exited(c)
 }
 
 // Container returns a container by ID or unique prefix.
@@ -451,6 +517,7 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 		if sig == "" {
 			sig = "SIGTERM"
 		}
+		waitExeced(ctx, c.Pid)
 		caught := catches(c.Pid, sig)
 		if err := m.signal(ctx, c, sig, false); err == nil {
 			wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
@@ -487,11 +554,7 @@ func catches(pid int, sig string) bool {
 	if err != nil {
 		return true
 	}
-	// Right after `runtime start` returns, the init may still be the
-	// runtime's own (runc's Go init catches every signal) for a moment
-	// before it execs the container's process, which resets handlers: a
-	// signal it takes then is lost just the same.
-	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.HasPrefix(string(comm), "runc:") {
+	if stillRuntimeInit(pid) {
 		return false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
@@ -501,6 +564,29 @@ func catches(pid int, sig string) bool {
 		}
 	}
 	return true
+}
+
+// stillRuntimeInit reports whether pid is still the OCI runtime's own init
+// (runc names it "runc:[2:INIT]"): right after `runtime start` returns it
+// may not have exec'd the container's process yet. A signal must not reach
+// it then: runc's Go init dies of SIGTERM with exit status 2 instead of the
+// container handling it.
+func stillRuntimeInit(pid int) bool {
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return err == nil && strings.HasPrefix(string(comm), "runc:")
+}
+
+// waitExeced waits, briefly, until pid is no longer the runtime's init.
+func waitExeced(ctx context.Context, pid int) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for pid > 0 && stillRuntimeInit(pid) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
 }
 
 // resendWhenCaught sends sig once more as soon as the container's init
@@ -602,7 +688,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	if err := m.StopContainer(ctx, c.ID, 0); err != nil {
 		return err
 	}
-	return m.destroy(ctx, c)
+	if err := m.destroy(ctx, c); err != nil {
+		return err
+	}
+	m.hookRemoveContainer(ctx, c)
+	return nil
 }
 
 // destroy releases everything a container holds; every step is
@@ -615,6 +705,9 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {
 		return err
 	}
+	if err := m.unmountImageVolumes(c); err != nil {
+		return err
+	}
 	if err := errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir)); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.ID, err)
 	}
@@ -623,7 +716,11 @@ func (m *Manager) destroy(ctx context.Context, c *Container) error {
 	}
 	m.mu.Lock()
 	delete(m.containers, c.ID)
+	if c.State != Creating {
+		m.publishLocked(ContainerDeleted, c.ID, c.PodID)
+	}
 	m.mu.Unlock()
+	m.forgetStats(c.ID)
 	m.release(containerKey(c.PodID, c.Meta), c.ID)
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/metrics"
 	"github.com/tripod-dev/tripod/internal/netns"
+	"github.com/tripod-dev/tripod/internal/oci"
 	"github.com/tripod-dev/tripod/internal/rootfs"
 	"golang.org/x/sys/unix"
 )
@@ -56,10 +57,16 @@ type Options struct {
 	MonitorPath string
 	Logger      *slog.Logger
 	Metrics     *metrics.Registry
+	// CDI injects CDI devices into specs; nil refuses containers that ask
+	// for any.
+	CDI DeviceInjector
 	// CrashAt names a point inside RunPod or CreateContainer where the
 	// process kills itself with SIGKILL: the fault injection the restart
 	// tests use (tripodd sets it from TRIPOD_CRASH_AT). Empty in production.
 	CrashAt string
+	// EventBuffer is how many events each subscriber may leave unread
+	// before it is cut off (default 1024).
+	EventBuffer int
 }
 
 // State of a pod or container.
@@ -126,6 +133,9 @@ type Pod struct {
 	Net     *cnirun.Attachment `json:"net,omitempty"`
 	// Detached is set once the CNI DEL has succeeded.
 	Detached bool `json:"detached,omitempty"`
+	// Overhead and Resources are the last UpdatePodSandboxResources'.
+	Overhead  *oci.Resources `json:"overhead,omitempty"`
+	Resources *oci.Resources `json:"resources,omitempty"`
 }
 
 // IPs are the pod's addresses, IPv4 first.
@@ -149,6 +159,10 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	ev         eventState
+	st         statsState
+	resMu      sync.Mutex // serialises resource updates
+	hk         hookState
 }
 
 type coreMetrics struct {
@@ -185,7 +199,8 @@ func New(opt Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{}}
+	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{},
+		ev: newEventState(opt.EventBuffer)}
 	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
 	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
@@ -210,7 +225,10 @@ func New(opt Options) (*Manager, error) {
 }
 
 // Close closes the metadata store. Pods and containers keep running.
-func (m *Manager) Close() error { return m.store.db.Close() }
+func (m *Manager) Close() error {
+	m.ev.stopBG()
+	return m.store.db.Close()
+}
 
 // LayersInUse returns the chain IDs containers' root filesystems use, for
 // the image service's GC.
@@ -221,6 +239,11 @@ func (m *Manager) LayersInUse() map[string]bool {
 	for _, c := range m.containers {
 		for _, id := range c.ChainIDs {
 			out[id] = true
+		}
+		for _, v := range c.ImageVolumes {
+			for _, id := range v.ChainIDs {
+				out[id] = true
+			}
 		}
 	}
 	return out
@@ -406,12 +429,19 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	unblock := m.blockSync()
+	defer unblock()
+	if err := m.hookRunPod(ctx, p, &u); err != nil {
+		return nil, err
+	}
 	p.State = Ready
 	if err := m.store.put(podBucket, p.ID, p); err != nil {
 		return nil, err
 	}
 	m.mu.Lock()
 	m.pods[p.ID] = p
+	m.publishLocked(ContainerCreated, p.ID, p.ID)
+	m.publishLocked(ContainerStarted, p.ID, p.ID)
 	m.mu.Unlock()
 	m.log.Info("pod started", "pod", p.ID, "name", cfg.Meta.Name, "namespace", cfg.Meta.Namespace, "ips", p.IPs())
 	return p, nil
@@ -609,6 +639,7 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 			return fmt.Errorf("stop pod %s: %w", p.ID, err)
 		}
 	}
+	m.hookStopPod(ctx, p)
 	return m.teardownPod(ctx, p)
 }
 
@@ -635,8 +666,12 @@ func (m *Manager) teardownPod(ctx context.Context, p *Pod) error {
 	}
 	m.mu.Lock()
 	p.Detached = true
+	wasReady := p.State == Ready
 	if p.State != Creating {
 		p.State = NotReady
+	}
+	if wasReady {
+		m.publishLocked(ContainerStopped, p.ID, p.ID)
 	}
 	cp := *p
 	m.mu.Unlock()
@@ -658,9 +693,11 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 			return fmt.Errorf("remove pod %s: %w", p.ID, err)
 		}
 	}
+	m.hookStopPod(ctx, p) // removed without a stop
 	if err := m.teardownPod(ctx, p); err != nil {
 		return err
 	}
+	m.hookRemovePod(ctx, p)
 	if err := os.RemoveAll(p.Dir); err != nil {
 		return fmt.Errorf("remove pod %s: %w", p.ID, err)
 	}
@@ -668,8 +705,10 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 		return err
 	}
 	m.mu.Lock()
+	m.publishLocked(ContainerDeleted, p.ID, p.ID)
 	delete(m.pods, p.ID)
 	m.mu.Unlock()
+	m.forgetStats(p.ID)
 	m.release(podKey(p.Meta), p.ID)
 	return nil
 }

@@ -107,6 +107,14 @@ func stopPodInit(pid int, path string) {
 // longer live. Containers are checked in parallel.
 func (m *Manager) Recover(ctx context.Context, images Images) error {
 	m.images = images
+	m.mu.Lock()
+	m.ev.recovering = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.ev.recovering = false
+		m.mu.Unlock()
+	}()
 	// The monitor is not started here: it starts with the first
 	// container, and recovery reads exits without it when it is gone.
 	m.mu.Lock()
@@ -152,6 +160,7 @@ func (m *Manager) Recover(ctx context.Context, images Images) error {
 				m.log.Info("pod lost its namespaces (reboot?): not ready", "pod", p.ID)
 				m.mu.Lock()
 				p.State = NotReady
+				m.publishLocked(ContainerStopped, p.ID, p.ID)
 				m.mu.Unlock()
 				m.store.put(podBucket, p.ID, p)
 				continue
@@ -188,12 +197,17 @@ func (m *Manager) recoverContainer(ctx context.Context, c *Container) {
 	case err == nil && rep.Known && rep.Exit != nil:
 		m.setExit(c, *rep.Exit)
 	case err == nil && rep.Known:
-		// Still running under the monitor: nothing to do.
+		// Still running under the monitor: watch for its exit.
+		if c.State == Running {
+			m.watchExit(c)
+		}
 	default:
 		if e, ok := monitor.ReadExit(c.Bundle); ok {
 			m.setExit(c, e)
 		} else if !m.alive(ctx, c) {
 			m.setExit(c, monitor.Exit{Code: 255, FinishedAt: time.Now().UnixNano()})
+		} else if c.State == Running {
+			m.watchExit(c) // the monitor lost it: the watcher polls the runtime
 		}
 	}
 }

@@ -330,7 +330,7 @@ func TestImageFsInfo(t *testing.T) {
 	}
 	e.mustPull(reg.Host + "/fs/app:1")
 	// A container's writable layer, as the runtime will keep them.
-	wdir := filepath.Join(e.cfg.Root, "containers", "c1", "upper")
+	wdir := filepath.Join(e.cfg.Root, "runtime", "containers", "c1", "upper")
 	os.MkdirAll(wdir, 0o755)
 	os.WriteFile(filepath.Join(wdir, "f"), make([]byte, 4096), 0o644)
 	after, err := e.images.ImageFsInfo(ctx(t), &runtimeapi.ImageFsInfoRequest{})
@@ -342,7 +342,7 @@ func TestImageFsInfo(t *testing.T) {
 		t.Fatalf("image fs: before %v after %v", im0, im1)
 	}
 	c := after.ContainerFilesystems[0]
-	if c.FsId.Mountpoint != filepath.Join(e.cfg.Root, "containers") || c.UsedBytes.Value != 4096 || c.InodesUsed.Value != 3 {
+	if c.FsId.Mountpoint != filepath.Join(e.cfg.Root, "runtime", "containers") || c.UsedBytes.Value != 4096 || c.InodesUsed.Value != 3 {
 		t.Fatalf("container fs: %v", c)
 	}
 }

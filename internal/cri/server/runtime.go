@@ -208,6 +208,15 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: podStatus(p)}
+	if req.Verbose {
+		resp.Info = map[string]string{"namespaces": fmt.Sprint(p.Namespaces)}
+	}
+	return resp, nil
+}
+
+// podStatus is a pod's CRI status (PodSandboxStatus, container events).
+func podStatus(p *pod.Pod) *runtimeapi.PodSandboxStatus {
 	st := &runtimeapi.PodSandboxStatus{
 		Id: p.ID, Metadata: podMeta(p), State: podState(p.State), CreatedAt: p.CreatedAt,
 		Labels: p.Labels, Annotations: p.Annotations, RuntimeHandler: p.Handler,
@@ -228,11 +237,7 @@ func (s *RuntimeServer) PodSandboxStatus(ctx context.Context, req *runtimeapi.Po
 			st.Network.AdditionalIps = append(st.Network.AdditionalIps, &runtimeapi.PodIP{Ip: ip})
 		}
 	}
-	resp := &runtimeapi.PodSandboxStatusResponse{Status: st}
-	if req.Verbose {
-		resp.Info = map[string]string{"namespaces": fmt.Sprint(p.Namespaces)}
-	}
-	return resp, nil
+	return st
 }
 
 // ListPodSandbox lists pods matching the filter.
@@ -276,7 +281,14 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
 	}
-	for _, mt := range c.Mounts {
+	for i, mt := range c.Mounts {
+		if im, ok, err := imageMount(i, mt); ok {
+			if err != nil {
+				return nil, err
+			}
+			cfg.ImageMounts = append(cfg.ImageMounts, im)
+			continue
+		}
 		if mt.ContainerPath == "" || mt.HostPath == "" {
 			return nil, status.Error(codes.InvalidArgument, "config.mounts: host_path and container_path are required")
 		}
@@ -293,10 +305,12 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	for _, d := range c.Devices {
 		cfg.Devices = append(cfg.Devices, oci.Device{HostPath: d.HostPath, ContainerPath: d.ContainerPath, Permissions: d.Permissions})
 	}
+	for _, d := range c.CDIDevices {
+		cfg.CDIDevices = append(cfg.CDIDevices, d.Name)
+	}
 	if l := c.Linux; l != nil {
 		if r := l.Resources; r != nil {
-			cfg.Resources = oci.Resources{CPUPeriod: r.CpuPeriod, CPUQuota: r.CpuQuota, CPUShares: r.CpuShares,
-				MemoryLimit: r.MemoryLimitInBytes, CpusetCpus: r.CpusetCpus, CpusetMems: r.CpusetMems, OOMScoreAdj: r.OomScoreAdj}
+			cfg.Resources = ociResources(r)
 		}
 		if sc := l.SecurityContext; sc != nil {
 			if sc.RunAsUser != nil {
@@ -371,10 +385,21 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(c)}
+	if req.Verbose {
+		resp.Info = map[string]string{"info": fmt.Sprintf(`{"pid":%d,"sandboxID":%q}`, c.Pid, c.PodID)}
+	}
+	return resp, nil
+}
+
+// containerStatus is a container's CRI status (ContainerStatus, container
+// events).
+func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 	st := &runtimeapi.ContainerStatus{
 		Id: c.ID, Metadata: ctrMeta(c), State: ctrState(c.State), CreatedAt: c.CreatedAt, StartedAt: c.StartedAt,
 		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID,
 		ImageId: c.ImageID, Reason: c.Reason, Message: c.Message, Labels: c.Labels, Annotations: c.Annotations, LogPath: c.FullLog,
+		Resources: criResources(c.Resources),
 	}
 	for _, mt := range c.Mounts {
 		prop := runtimeapi.MountPropagation_PROPAGATION_PRIVATE
@@ -386,11 +411,8 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 		}
 		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
 	}
-	resp := &runtimeapi.ContainerStatusResponse{Status: st}
-	if req.Verbose {
-		resp.Info = map[string]string{"info": fmt.Sprintf(`{"pid":%d,"sandboxID":%q}`, c.Pid, c.PodID)}
-	}
-	return resp, nil
+	st.Mounts = append(st.Mounts, imageVolumeStatus(c)...)
+	return st
 }
 
 // ListContainers lists containers matching the filter.
