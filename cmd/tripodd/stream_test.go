@@ -162,8 +162,9 @@ func fdCount(t *testing.T, pid int) int {
 }
 
 // settles waits until f() ≤ limit: what sessions held is released
-// asynchronously after the client sees the end.
-func settles(t *testing.T, what string, limit int, f func() int) {
+// asynchronously after the client sees the end. more, if not nil, says
+// what is left.
+func settles(t *testing.T, what string, limit int, f func() int, more ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -172,7 +173,11 @@ func settles(t *testing.T, what string, limit int, f func() int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d, want at most %d", what, v, limit)
+			var detail string
+			for _, m := range more {
+				detail += m()
+			}
+			t.Fatalf("%s: %d, want at most %d %s", what, v, limit, detail)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -684,13 +689,14 @@ func TestStreaming(t *testing.T) {
 		// (only the containers' inits), no child of tripodd but the
 		// monitor, no descriptor or goroutine more than before.
 		inits := map[int]bool{}
-		lc, err := e.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
-			State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING}}})
+		lc, err := e.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range lc.Containers {
-			inits[containerPid(t, statusInfo(t, e, c.Id))] = true
+			if c.State == runtimeapi.ContainerState_CONTAINER_RUNNING || c.State == runtimeapi.ContainerState_CONTAINER_CREATED {
+				inits[containerPid(t, statusInfo(t, e, c.Id))] = true
+			}
 		}
 		var extra []string
 		settles(t, "processes left under the monitor and tripodd", 0, func() int {
@@ -702,10 +708,7 @@ func TestStreaming(t *testing.T) {
 				}
 			}
 			return len(extra)
-		})
-		if len(extra) > 0 {
-			t.Logf("left: %v", extra)
-		}
+		}, func() string { return fmt.Sprint(extra) })
 		settles(t, "monitor descriptors", baseMonFds, func() int { return fdCount(t, mon) })
 		settles(t, "tripodd descriptors", baseFds, func() int { return fdCount(t, daemonPid) })
 		settles(t, "tripodd goroutines", baseG+2, func() int { return goroutines(t, maddr[1]) })

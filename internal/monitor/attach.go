@@ -207,7 +207,10 @@ func (c Client) Attach(ctx context.Context, req Request) (*AttachSession, error)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
+	// No newline after the request: what follows it on the connection
+	// is the session's own traffic.
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(b); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("monitor attach: %w", err)
 	}

@@ -288,7 +288,10 @@ func (c Client) Exec(ctx context.Context, req Request) (*ExecSession, error) {
 	conn := nc.(*net.UnixConn)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
+	// No newline after the request: what follows it on the connection
+	// is the session's own traffic.
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(b); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("monitor exec: %w", err)
 	}

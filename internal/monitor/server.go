@@ -138,8 +138,10 @@ func (s *Server) handle(conn net.Conn) {
 	if err := dec.Decode(&req); err != nil {
 		return
 	}
-	// What the caller sends after its request (exec and attach).
-	in := io.MultiReader(dec.Buffered(), conn)
+	// What the caller sends after its request (exec and attach), less
+	// the newline that ended the request.
+	rest, _ := io.ReadAll(dec.Buffered())
+	in := io.MultiReader(bytes.NewReader(bytes.TrimLeft(rest, "\n")), conn)
 	var rep Reply
 	var err error
 	switch req.Op {
