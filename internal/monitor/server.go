@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -482,38 +481,58 @@ func (c *container) closeLog() {
 }
 
 // copyLog writes r's lines as CRI log entries until r ends, and hands
-// them to the attached clients.
+// each chunk to the attached clients as it is read (a prompt without a
+// newline reaches them at once; the log keeps it until its line ends).
 func (c *container) copyLog(r *os.File, stream string, kind byte) {
 	defer r.Close()
-	br := bufio.NewReaderSize(r, maxLine)
-	var entry []byte
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			tag := "F"
-			text := line
-			if line[len(line)-1] == '\n' {
-				text = line[:len(line)-1]
-			} else if err == bufio.ErrBufferFull {
-				tag = "P"
-			}
-			entry = entry[:0]
-			entry = time.Now().AppendFormat(entry, time.RFC3339Nano)
-			entry = append(entry, ' ')
-			entry = append(entry, stream...)
-			entry = append(entry, ' ')
-			entry = append(entry, tag...)
-			entry = append(entry, ' ')
-			entry = append(entry, text...)
-			entry = append(entry, '\n')
-			c.logMu.Lock()
-			if c.log != nil {
-				c.log.Write(entry)
-			}
-			c.logMu.Unlock()
-			c.fanout(kind, line)
+	buf := make([]byte, 32<<10)
+	var pending, entry []byte // pending: the current line's start
+	write := func(text []byte, tag string) {
+		entry = entry[:0]
+		entry = time.Now().AppendFormat(entry, time.RFC3339Nano)
+		entry = append(entry, ' ')
+		entry = append(entry, stream...)
+		entry = append(entry, ' ')
+		entry = append(entry, tag...)
+		entry = append(entry, ' ')
+		entry = append(entry, text...)
+		entry = append(entry, '\n')
+		c.logMu.Lock()
+		if c.log != nil {
+			c.log.Write(entry)
 		}
-		if err != nil && err != bufio.ErrBufferFull {
+		c.logMu.Unlock()
+	}
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			c.fanout(kind, buf[:n])
+			data := buf[:n]
+			for len(data) > 0 {
+				nl := bytes.IndexByte(data, '\n')
+				if nl < 0 {
+					pending = append(pending, data...)
+					break
+				}
+				pending = append(pending, data[:nl]...)
+				data = data[nl+1:]
+				for len(pending) > maxLine {
+					write(pending[:maxLine], "P")
+					pending = append(pending[:0], pending[maxLine:]...)
+				}
+				write(pending, "F")
+				pending = pending[:0]
+			}
+			// Lines longer than maxLine go out in partial entries.
+			for len(pending) >= maxLine {
+				write(pending[:maxLine], "P")
+				pending = append(pending[:0], pending[maxLine:]...)
+			}
+		}
+		if err != nil {
+			if len(pending) > 0 {
+				write(pending, "F")
+			}
 			return
 		}
 	}
