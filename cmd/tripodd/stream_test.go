@@ -104,8 +104,9 @@ type proc struct {
 	cmd  string
 }
 
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
 func procs(t *testing.T) map[int]proc {
-	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +152,26 @@ func waitNoProc(t *testing.T, cmd string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// fdTargets says what pid's descriptors refer to.
+func fdTargets(pid int) string {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	count := map[string]int{}
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if l == "anon_inode:[pidfd]" {
+			info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+			if m := regexp.MustCompile(`(?m)^Pid:\s*(-?\d+)`).FindSubmatch(info); m != nil {
+				l += " of " + string(m[1]) + " " + procs(nil)[atoi(string(m[1]))].cmd
+			}
+		}
+		if i := strings.IndexByte(l, '['); i > 0 && !strings.HasPrefix(l, "anon_inode:[pidfd]") {
+			l = l[:i]
+		}
+		count[l]++
+	}
+	return fmt.Sprint(count)
 }
 
 func fdCount(t *testing.T, pid int) int {
@@ -709,7 +730,7 @@ func TestStreaming(t *testing.T) {
 			}
 			return len(extra)
 		}, func() string { return fmt.Sprint(extra) })
-		settles(t, "monitor descriptors", baseMonFds, func() int { return fdCount(t, mon) })
+		settles(t, "monitor descriptors", baseMonFds, func() int { return fdCount(t, mon) }, func() string { return fdTargets(mon) })
 		settles(t, "tripodd descriptors", baseFds, func() int { return fdCount(t, daemonPid) })
 		settles(t, "tripodd goroutines", baseG+2, func() int { return goroutines(t, maddr[1]) })
 	})
@@ -791,5 +812,58 @@ func TestCrictlStreaming(t *testing.T) {
 			t.Fatalf("crictl port-forward: %v\n%s", err, pfLog.String())
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestStreamingTLS: with [streaming] certificates the URLs are https and
+// the server admits only clients with a certificate from client_ca_file.
+func TestStreamingTLS(t *testing.T) {
+	runtimePrereqs(t)
+	ca := newCA(t)
+	srvCert, srvKey := ca.issue(t, 2, true)
+	cliCert, cliKey := ca.issue(t, 3, false)
+	dir := t.TempDir()
+	files := map[string][]byte{"ca.pem": ca.pem, "srv.pem": srvCert, "srv.key": srvKey}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newPodEnvWith(t, cnitest.BinDir(t), func(e *podEnv, _ *imagetest.Registry) {
+		f, _ := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
+		fmt.Fprintf(f, "[streaming]\naddress = \"127.0.0.1:0\"\ncert_file = %q\nkey_file = %q\nclient_ca_file = %q\n",
+			filepath.Join(dir, "srv.pem"), filepath.Join(dir, "srv.key"), filepath.Join(dir, "ca.pem"))
+		f.Close()
+	})
+	ctx := testCtx(t)
+	pod := e.runPod("tls")
+	work := e.create(pod, "work", "sleep", "100000")
+	e.start(work)
+	execURL := func() *url.URL {
+		r, err := e.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: work, Cmd: []string{"echo", "over-tls"}, Stdout: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(r.Url, "https://127.0.0.1:") {
+			t.Fatalf("streaming URL %q is not https", r.Url)
+		}
+		return mustURL(r.Url)
+	}
+	withCert := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem, CertData: cliCert, KeyData: cliKey}}
+	ex, err := remotecommand.NewSPDYExecutor(withCert, "POST", execURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out}); err != nil || out.String() != "over-tls\n" {
+		t.Fatalf("exec over TLS: %v %q", err, out.String())
+	}
+	noCert := &rest.Config{TLSClientConfig: rest.TLSClientConfig{CAData: ca.pem}}
+	ex, err = remotecommand.NewSPDYExecutor(noCert, "POST", execURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: io.Discard}); err == nil {
+		t.Fatal("a client without a certificate was admitted")
 	}
 }

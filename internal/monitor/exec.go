@@ -43,7 +43,11 @@ func (s *Server) startRuntime(bin string, args []string, dir string, files []*os
 	}
 	ch := make(chan unix.WaitStatus, 1)
 	s.byPid[p.Pid] = ch
-	return p.Pid, ch, nil
+	// The reaper waits for it by pid: the handle (a pidfd) would only
+	// stay open until a garbage collection.
+	pid := p.Pid
+	p.Release()
+	return pid, ch, nil
 }
 
 // pipe returns a pipe whose child end is an *os.File for StartProcess and
