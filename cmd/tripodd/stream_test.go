@@ -106,9 +106,10 @@ type proc struct {
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
+// procs lists the host's processes; t may be nil (diagnostics).
 func procs(t *testing.T) map[int]proc {
 	ents, err := os.ReadDir("/proc")
-	if err != nil {
+	if err != nil && t != nil {
 		t.Fatal(err)
 	}
 	out := map[int]proc{}
