@@ -53,6 +53,11 @@ type ContainerConfig struct {
 	PIDTarget string `json:",omitempty"`
 	// CDIDevices are fully qualified CDI device names (vendor/class=name).
 	CDIDevices []string
+	// Stdin keeps a stdin pipe open for attach; StdinOnce closes it after
+	// the first attach; TTY gives the container a pseudo-terminal.
+	Stdin     bool
+	StdinOnce bool
+	TTY       bool
 }
 
 // Container is one container of a pod.
@@ -266,7 +271,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil
 	})
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "create", ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args,
-		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath)})
+		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath), TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce})
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
@@ -317,7 +322,11 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	if err := m.securityInput(p, c, &in); err != nil {
 		return nil, err
 	}
-	return oci.Generate(in)
+	spec, err := oci.Generate(in)
+	if err == nil && c.TTY {
+		withTerminal(spec)
+	}
+	return spec, err
 }
 
 // StartContainer starts a created container.
