@@ -449,12 +449,13 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 		c.StartedAt = e.FinishedAt
 	}
 	m.publishLocked(ContainerStopped, c.ID, c.PodID)
+	stopped := m.stopping(c)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		m.log.Warn("recording exit", "container", c.ID, "err", err)
 	}
-	m.exited(c)
+	m.exited(c, stopped)
 }
 
 // Container returns a container by ID or unique prefix.
