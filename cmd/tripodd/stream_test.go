@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"io"
 	"net/http"
 	"net/url"
@@ -223,11 +224,7 @@ func goroutines(t *testing.T, metricsAddr string) int {
 
 func monitorPid(t *testing.T, e *podEnv) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, err := daemonctl.ReadPIDFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile))
 	if err != nil {
 		t.Fatal(err)
 	}
