@@ -76,6 +76,14 @@ func newPodEnvBin(t *testing.T, bin string) *podEnv { return newPodEnvWith(t, bi
 // newPodEnvWith runs setup (with the registry) before the daemon starts.
 func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Registry)) *podEnv {
 	e := &podEnv{t: t, n: newNode(t), tag: cnitest.Tag(t)}
+	// Searchable as /run/tripod is: a user namespace's root must walk
+	// down to its containers' rootfs (the test's temporary directories
+	// are 0700).
+	for _, d := range []string{e.n.state, filepath.Dir(e.n.state)} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b := make([]byte, 2)
 	rand.Read(b)
 	e.subnet = fmt.Sprintf("10.%d.%d.0/24", 100+int(b[0])%100, b[1])
