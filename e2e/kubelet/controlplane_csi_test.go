@@ -253,6 +253,14 @@ func TestKubeletControlPlane(t *testing.T) {
 		t.Errorf("tripod-csi holds %v, want the claim's and the inline volume's images", imgs)
 	}
 
+	// kubectl exec: API server, kubelet's /exec (reached as localhost),
+	// tripodd's streaming server.
+	if out, err := c.kubectl(ctx, nil, "exec", "-n", ns, "app", "--", "cat", "/data/token"); err != nil {
+		t.Errorf("kubectl exec: %v", err)
+	} else if strings.TrimSpace(string(out)) != tok1 {
+		t.Errorf("kubectl exec cat /data/token: %q, want %q", out, tok1)
+	}
+
 	deleteApp()
 	// The inline volume lives and dies with its pod.
 	if err := waitFor(ctx, "inline volume deleted", func(context.Context) (bool, error) {

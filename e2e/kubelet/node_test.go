@@ -220,9 +220,6 @@ func (n *node) teardown() {
 	}
 	if n.kubelet != nil {
 		n.kubelet.p.stop(10 * time.Second)
-		if os.Getenv("TRIPOD_E2E_KEEP_LOGS") != "" {
-			exec.Command("cp", n.kubelet.p.logPath, n.tripodd.logPath, os.Getenv("TRIPOD_E2E_KEEP_LOGS")).Run()
-		}
 		if t.Failed() {
 			t.Logf("kubelet log (tail):\n%s", n.kubelet.p.tail(16<<10))
 		}
@@ -236,11 +233,7 @@ func (n *node) teardown() {
 		if n.conn != nil {
 			n.conn.Close()
 		}
-		if b, err := os.ReadFile(filepath.Join(n.state, "runtime", monitor.PIDFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+		n.killMonitors()
 	}
 	if n.kubelet != nil {
 		n.kubelet.cleanup()
@@ -260,6 +253,38 @@ func (n *node) teardown() {
 	cnitest.NoLinks(t, n.tag)
 	for i := len(n.after) - 1; i >= 0; i-- {
 		n.after[i]()
+	}
+}
+
+// killMonitors ends the node-wide tripod-monitor tripodd started (it
+// outlives tripodd by design): the one its PID file names, and any other
+// serving this node's monitor socket (found by its exact command line,
+// which names the test's own directory), which the test reports.
+func (n *node) killMonitors() {
+	sock := filepath.Join(n.state, "runtime", monitor.Socket)
+	recorded := -1
+	if b, err := os.ReadFile(filepath.Join(n.state, "runtime", monitor.PIDFile)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			recorded = pid
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range cmdlines {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) != 2 || filepath.Base(args[0]) != "tripod-monitor" || args[1] != sock {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if err != nil || pid == recorded {
+			continue
+		}
+		n.t.Logf("teardown: a tripod-monitor (PID %d) on %s that tripodd's PID file does not name; killing it", pid, sock)
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

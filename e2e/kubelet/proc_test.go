@@ -36,6 +36,9 @@ func startProc(t *testing.T, dir, name string, env []string, path string, args .
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	p.cmd.Env = append(os.Environ(), env...)
+	// Should the test binary die without its cleanups (a panic, go test's
+	// timeout), the kernel kills what it started.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}

@@ -19,11 +19,6 @@ import (
 	"github.com/tripod-dev/tripod/internal/csi/csitest"
 )
 
-// execStreaming turns on the crictl exec check: exec streaming (Exec and
-// its streaming server) is being added to tripodd on another branch. Set
-// to true once it is merged.
-const execStreaming = false
-
 // Labels kubelet puts on the sandboxes and containers it creates.
 const (
 	labelNamespace = "io.kubernetes.pod.namespace"
@@ -177,14 +172,14 @@ func TestKubeletStandalone(t *testing.T) {
 	})
 
 	t.Run("CrictlExec", func(t *testing.T) {
-		if !execStreaming {
-			t.Skip("skipped: tripodd's exec streaming is on another branch; enable execStreaming once merged")
-		}
 		for name, c := range running {
-			out, err := exec.CommandContext(ctx, tl.crictl, "--runtime-endpoint", "unix://"+n.sock, "--timeout", "30s",
-				"exec", c.Id, "cat", "/www/index.html").CombinedOutput()
+			cmd := exec.CommandContext(ctx, tl.crictl, "--runtime-endpoint", "unix://"+n.sock, "--timeout", "30s",
+				"exec", c.Id, "cat", "/www/index.html")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
 			if err != nil {
-				t.Fatalf("crictl exec into %s: %v\n%s", name, err, out)
+				t.Fatalf("crictl exec into %s: %v\n%s%s", name, err, out, stderr.String())
 			}
 			if got, want := strings.TrimSpace(string(out)), name+"-"+n.tag; got != want {
 				t.Errorf("crictl exec cat in %s: %q, want %q", name, got, want)
