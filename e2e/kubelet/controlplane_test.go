@@ -2,8 +2,8 @@ package kubelet_test
 
 import (
 	"bytes"
-	"crypto/x509"
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
