@@ -118,6 +118,7 @@ func TestKubeletControlPlane(t *testing.T) {
 		}, watch...); err != nil {
 			t.Fatal(err)
 		}
+		n.step("node localhost registered, Ready and untainted")
 	})
 	if t.Failed() {
 		return
@@ -141,6 +142,7 @@ func TestKubeletControlPlane(t *testing.T) {
 		}, watch...); err != nil {
 			t.Fatal(err)
 		}
+		n.step("tripod-csi registered with kubelet")
 		var node corev1.Node
 		if err := c.getJSON(ctx, &node, "node", "localhost"); err != nil {
 			t.Fatal(err)
@@ -199,6 +201,7 @@ func TestKubeletControlPlane(t *testing.T) {
 		}, watch...); err != nil {
 			t.Fatal(err)
 		}
+		n.step("pod app running, wrote %s", token)
 		for _, l := range strings.Split(log, "\n") {
 			switch {
 			case strings.HasPrefix(l, "data="):
@@ -212,6 +215,7 @@ func TestKubeletControlPlane(t *testing.T) {
 	deleteApp := func() {
 		t.Helper()
 		c.must(ctx, nil, "delete", "-n", ns, "pod", "app", "--wait=true", "--timeout=2m")
+		n.step("pod app deleted")
 		// kubelet confirmed the pod's end before the API server let it
 		// go: tripodd's sandbox is stopped.
 		sbs, err := n.sandboxes(ctx, map[string]string{labelNamespace: ns})
@@ -301,6 +305,7 @@ func TestKubeletControlPlane(t *testing.T) {
 	}, watch...); err != nil {
 		t.Error(err)
 	}
+	n.step("claim deleted: volume unstaged and deleted")
 }
 
 // getJSON is kubectl get -o json into v.

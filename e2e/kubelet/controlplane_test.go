@@ -69,6 +69,7 @@ func (n *node) startControlPlane(p *pki) *controlPlane {
 	}, etcd); err != nil {
 		t.Fatal(err)
 	}
+	n.step("etcd healthy at %s", etcdURL)
 
 	// kube-apiserver. The node is named localhost and reached by that
 	// name (its InternalIP is the host's address, which the API server
@@ -108,6 +109,7 @@ func (n *node) startControlPlane(p *pki) *controlPlane {
 	}, api, etcd); err != nil {
 		t.Fatal(err)
 	}
+	n.step("kube-apiserver ready at %s", c.server)
 
 	// kube-controller-manager: as a system:masters user (its per-controller
 	// service accounts need the token controller, which needs more PKI

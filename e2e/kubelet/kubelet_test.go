@@ -142,6 +142,7 @@ failSwapOn: false
 	}, k.p); err != nil {
 		t.Fatal(err)
 	}
+	n.step("kubelet healthy (root %s, cgroup root %s)", k.root, k.cgroupRoot)
 	return k
 }
 
@@ -318,4 +319,17 @@ func (k *kubeletProc) podCgroups() []string {
 		return nil
 	})
 	return out
+}
+
+// runningKubelet is the PID of a kubelet process on the machine, or 0.
+func runningKubelet() int {
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, f := range comms {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "kubelet" {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil {
+				return pid
+			}
+		}
+	}
+	return 0
 }

@@ -75,6 +75,10 @@ func k8sVersion(t *testing.T) string {
 func findTools(t *testing.T, controlPlane bool) tools {
 	t.Helper()
 	cnitest.Root(t)
+	if pid := runningKubelet(); pid > 0 {
+		t.Skipf("skipped: a kubelet (PID %d) runs on this machine; this test's kubelet would act on paths every kubelet shares "+
+			"(its device manager clears %s, its log GC removes the directories in %s of pods it does not know)", pid, devicePluginsDir, podLogsDir)
+	}
 	root := repoRoot(t)
 	var missing []string
 	file := func(path, hint string) string {

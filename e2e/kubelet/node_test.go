@@ -41,6 +41,7 @@ type node struct {
 	tools tools
 	tag   string
 	dir   string // the test's directory: configs, logs, sockets
+	start time.Time
 
 	// tripodd
 	root, state, sock, hosts, confDir string
@@ -68,7 +69,7 @@ type node struct {
 // newNode starts tripodd with its CNI network and a registry holding the
 // test image. Teardown is registered before anything is made.
 func newNode(t *testing.T, tl tools) *node {
-	n := &node{t: t, tools: tl, tag: cnitest.Tag(t), dir: t.TempDir()}
+	n := &node{t: t, tools: tl, tag: cnitest.Tag(t), dir: t.TempDir(), start: time.Now()}
 	// Socket paths must fit in 108 bytes: keep the directory short.
 	if len(n.dir) > 60 {
 		d, err := os.MkdirTemp("", "tpk")
@@ -104,7 +105,14 @@ func newNode(t *testing.T, tl tools) *node {
 		t.Fatal(err)
 	}
 	n.startTripodd()
+	n.step("tripodd serving on %s, CNI network %s", n.sock, n.subnet)
 	return n
+}
+
+// step logs progress with the time since the test began.
+func (n *node) step(format string, args ...any) {
+	n.t.Helper()
+	n.t.Logf("[%5.1fs] %s", time.Since(n.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
 // network makes the pods' bridge (with the gateway address, so the host

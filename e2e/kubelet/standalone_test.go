@@ -97,6 +97,8 @@ func TestKubeletStandalone(t *testing.T) {
 		}
 	}
 
+	n.step("static pods running")
+
 	t.Run("Network", func(t *testing.T) {
 		c := running["web"]
 		st, err := n.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: c.PodSandboxId})
@@ -215,6 +217,7 @@ func TestKubeletStandalone(t *testing.T) {
 	}, k.p, n.tripodd); err != nil {
 		t.Fatal(err)
 	}
+	n.step("manifests removed: pods stopped")
 	if _, err := httpGet(ctx, nil, fmt.Sprintf("http://127.0.0.1:%d/", hostPort)); err == nil {
 		t.Error("the hostNetwork pod still serves after its manifest was removed")
 	}
@@ -238,6 +241,7 @@ func TestKubeletStandalone(t *testing.T) {
 	}, k.p, n.tripodd); err != nil {
 		t.Fatal(err)
 	}
+	n.step("garbage collected: tripodd holds no pod and no container")
 	if err := waitFor(ctx, "pod log directories and cgroups removed", func(context.Context) (bool, error) {
 		if logs := k.podLogs(); len(logs) > 0 {
 			return false, retry("log directories %v", logs)
