@@ -253,6 +253,11 @@ func (n *node) teardown() {
 		}
 		csitest.CleanupDir(t, n.csiRoot)
 	}
+	// tripodd's namespace pins and rootfs mounts went with the pods.
+	if mps, err := csitest.Mounts(n.dir); err != nil || len(mps) > 0 {
+		t.Errorf("teardown: mounts left under %s: %v (%v)", n.dir, mps, err)
+		csitest.CleanupDir(t, n.dir)
+	}
 	if l, err := netlink.LinkByName(n.tag + "br"); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			t.Errorf("teardown: bridge: %v", err)
