@@ -265,6 +265,39 @@ func TestKubeletControlPlane(t *testing.T) {
 		t.Errorf("kubectl exec cat /data/token: %q, want %q", out, tok1)
 	}
 
+	// kubelet's summary API (what metrics-server reads, and kubectl top
+	// through it) carries the pod's usage, from tripodd's CRI stats. Asked
+	// of kubelet directly: the API server's node proxy refuses loopback
+	// addresses.
+	scert, skey := p.client(t, "stats-reader", "tripod-e2e-stats")
+	kc := p.httpClient(t, scert, skey)
+	if err := waitFor(ctx, "pod app in kubelet's stats summary", func(ctx context.Context) (bool, error) {
+		out, err := httpGet(ctx, kc, fmt.Sprintf("https://localhost:%d/stats/summary", k.port))
+		if err != nil {
+			return false, err
+		}
+		var sum statsSummary
+		if err := json.Unmarshal([]byte(out), &sum); err != nil {
+			return false, err
+		}
+		for _, p := range sum.Pods {
+			if p.PodRef.Namespace != ns || p.PodRef.Name != "app" {
+				continue
+			}
+			for _, c := range p.Containers {
+				if c.Name == "app" && c.Memory.WorkingSetBytes != nil && *c.Memory.WorkingSetBytes > 0 && c.CPU.UsageCoreNanoSeconds != nil {
+					return true, nil
+				}
+			}
+			return false, retry("pod stats %s", out)
+		}
+		return false, retry("no pod app in the summary")
+	}, watch...); err != nil {
+		t.Error(err)
+	} else {
+		n.step("kubelet's stats summary has the pod's usage")
+	}
+
 	deleteApp()
 	// The inline volume lives and dies with its pod.
 	if err := waitFor(ctx, "inline volume deleted", func(context.Context) (bool, error) {
@@ -321,3 +354,22 @@ func (c *controlPlane) getJSON(ctx context.Context, v any, args ...string) error
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// statsSummary is the part of kubelet's /stats/summary the test reads
+// (k8s.io/kubelet's stats API, which tripod's module does not import).
+type statsSummary struct {
+	Pods []struct {
+		PodRef struct {
+			Name, Namespace string
+		} `json:"podRef"`
+		Containers []struct {
+			Name string `json:"name"`
+			CPU  struct {
+				UsageCoreNanoSeconds *uint64 `json:"usageCoreNanoSeconds"`
+			} `json:"cpu"`
+			Memory struct {
+				WorkingSetBytes *uint64 `json:"workingSetBytes"`
+			} `json:"memory"`
+		} `json:"containers"`
+	} `json:"pods"`
+}

@@ -28,6 +28,10 @@
 //     runs, and the CSIDriver tracks capacity, so the provisioner publishes
 //     CSIStorageCapacity (with no owner: it is not in a pod).
 //
+// Each component logs to a file in the test's directory; a failing test
+// prints their tails, and TRIPOD_E2E_LOGS=<dir> keeps them all in
+// <dir>/<test name>/.
+//
 // A kubelet also acts on paths outside its --root-dir: it sets six kernel
 // tunables (vm.overcommit_memory, kernel.panic, ...), creates its device
 // plugin socket in /var/lib/kubelet/device-plugins (and clears that

@@ -46,6 +46,7 @@ type kubeletProc struct {
 	cgroupRoot  string // under every cgroup hierarchy
 	manifests   string // staticPodPath
 	healthz     string
+	port        int // kubelet's API (https)
 	namespace   string // every pod of the test is in it
 	madeDirs    []string
 	hadFiles    map[string]bool
@@ -93,6 +94,7 @@ func (n *node) startKubelet(opt kubeletOptions) *kubeletProc {
 
 	cert, key := opt.pki.serving(t, filepath.Join(n.dir, "kubelet-pki"), "kubelet", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
 	port, healthz := freePort(t), freePort(t)
+	k.port = port
 	k.healthz = fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz)
 	conf := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

@@ -267,6 +267,27 @@ func (n *node) teardown() {
 	for i := len(n.after) - 1; i >= 0; i-- {
 		n.after[i]()
 	}
+	if d := os.Getenv("TRIPOD_E2E_LOGS"); d != "" {
+		n.keepLogs(filepath.Join(d, t.Name()))
+	}
+}
+
+// keepLogs copies every component's log into dir (for CI artifacts).
+func (n *node) keepLogs(dir string) {
+	logs, _ := filepath.Glob(filepath.Join(n.dir, "*.log"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		n.t.Logf("keeping logs: %v", err)
+		return
+	}
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, filepath.Base(l)), b, 0o644)
+		}
+		if err != nil {
+			n.t.Logf("keeping logs: %v", err)
+		}
+	}
 }
 
 // killMonitors ends the node-wide tripod-monitor tripodd started (it
