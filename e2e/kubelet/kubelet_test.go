@@ -46,7 +46,7 @@ type kubeletProc struct {
 	cgroupRoot  string // under every cgroup hierarchy
 	manifests   string // staticPodPath
 	healthz     string
-	port        int // kubelet's API (https)
+	port        int    // kubelet's API (https)
 	namespace   string // every pod of the test is in it
 	madeDirs    []string
 	hadFiles    map[string]bool
