@@ -307,7 +307,7 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	in := oci.Input{
 		Image: img, Rootfs: root, Command: c.Command, Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir,
 		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: append(slices.Clone(c.Mounts), c.imageVolumeMounts()...), Devices: c.Devices,
-		Resources: c.Resources, Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
+		Resources: m.withoutUnusableHugepages(c.Resources), Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
 		Sysctls: p.Sysctls, CgroupsPath: m.cgroupsPath(p, c.ID), Namespaces: ns, Files: files, ShmDir: p.Shm,
 	}
 	if _, ok := ns[specs.UTSNamespace]; ok {
