@@ -145,6 +145,9 @@ func (c *cli) playCmd(ctx context.Context, args []string) error {
 		fmt.Printf("pod %s has already completed: tripod delete it to run it again\n", key)
 	}
 	if *detach {
+		if len(sess.Keys()) == 0 {
+			return nil
+		}
 		sess.Release()
 		pid, err := c.ensureSupervisor(pf, dir)
 		if err != nil {

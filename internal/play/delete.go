@@ -32,7 +32,7 @@ func (n *Node) teardownPod(ctx context.Context, key string, o teardownOptions) e
 	if r == nil {
 		return nil
 	}
-	if err := n.st.pod(ctx, key, func(r *PodRecord) { r.Deleting = true }); err != nil {
+	if err := n.st.pod(ctx, key, func(r *PodRecord) { r.Deleting, r.DeletingPID = true, os.Getpid() }); err != nil {
 		return err
 	}
 	var claims []string
@@ -62,8 +62,7 @@ func (n *Node) teardownPod(ctx context.Context, key string, o teardownOptions) e
 	if err := n.teardownVolumes(ctx, key); err != nil {
 		return err
 	}
-	dir := n.podDir(r.UID)
-	if err := removeTree(dir); err != nil {
+	if err := removeTree(n.podDir(r.UID)); err != nil {
 		return err
 	}
 	os.RemoveAll(filepath.Join(n.opts.Dir, "logs", fmt.Sprintf("%s_%s_%s", r.Namespace, r.Name, r.UID)))
@@ -73,6 +72,8 @@ func (n *Node) teardownPod(ctx context.Context, key string, o teardownOptions) e
 	}); err != nil {
 		return err
 	}
+	// Last: whoever read the record before it went finds no lock to take.
+	os.Remove(n.st.lockFile(r.UID))
 	var errs []error
 	for _, c := range doomed {
 		st, err := n.st.Load(ctx)
@@ -177,14 +178,19 @@ func (n *Node) Delete(ctx context.Context, keys []string, claims bool) error {
 			errs = append(errs, fmt.Errorf("pod %s: not played here", key))
 			continue
 		}
-		if err := n.st.pod(ctx, key, func(r *PodRecord) { r.Deleting = true }); err != nil {
+		// Marked first: its supervisor lets go on seeing the mark.
+		if err := n.st.pod(ctx, key, func(r *PodRecord) { r.Deleting, r.DeletingPID = true, os.Getpid() }); err != nil {
 			return err
 		}
 		lock, err := n.st.lockPod(ctx, r.UID, 10*time.Second)
 		var held *HeldError
-		if errors.As(err, &held) {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			n.event(key, "deleted")
+			continue // removed meanwhile
+		case errors.As(err, &held):
 			n.event(key, "pid %d still holds the pod; deleting anyway", held.PID)
-		} else if err != nil {
+		case err != nil:
 			return err
 		}
 		err = n.teardownPod(ctx, key, teardownOptions{claims: claims})

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -70,7 +71,10 @@ func (n *Node) Play(ctx context.Context, pods []*Pod, source string) (*Session, 
 			news = append(news, p)
 			continue
 		}
-		lock, err := n.st.tryLockPod(r.UID)
+		if r.deletingElsewhere() {
+			return fail(fmt.Errorf("pod %s is being deleted by pid %d", p.Key(), r.DeletingPID))
+		}
+		lock, err := n.st.tryLockPod(r.UID, false)
 		var held *HeldError
 		switch {
 		case errors.As(err, &held) && (r.Deleting || r.Starting):
@@ -172,11 +176,14 @@ func (n *Node) startPod(ctx context.Context, p *Pod, source string) (*worker, er
 		uid = newUID()
 		p.UID = types.UID(uid)
 	}
-	lock, err := n.st.tryLockPod(uid)
+	lock, err := n.st.tryLockPod(uid, true)
 	if err != nil {
 		return nil, fmt.Errorf("metadata.uid %s: %w", uid, err)
 	}
 	manifest, err := json.Marshal(p.Pod)
+	if err == nil {
+		err = os.MkdirAll(n.podDir(uid), 0o750)
+	}
 	if err != nil {
 		lock.release()
 		return nil, err

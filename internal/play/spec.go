@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -513,6 +512,3 @@ func (n *Node) writeHosts(p *Pod, uid, podIP string) (string, error) {
 	path := filepath.Join(n.podDir(uid), "etc-hosts")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }
-
-// quantity formats bytes for messages.
-func quantity(b int64) string { return resource.NewQuantity(b, resource.BinarySI).String() }

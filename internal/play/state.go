@@ -48,6 +48,9 @@ type PodRecord struct {
 	// starting by a process that died is rolled back, not adopted.
 	Starting bool   `json:"starting,omitempty"`
 	Deleting bool   `json:"deleting,omitempty"`
+	// DeletingPID is the process deleting the pod: a deletion is finished
+	// by another process only once that one is gone.
+	DeletingPID int    `json:"deletingPID,omitempty"`
 	Phase    string `json:"phase"`
 	Message  string `json:"message,omitempty"`
 	// Volumes set up for the pod, in order; undone in reverse.
@@ -219,8 +222,8 @@ func (s *store) pod(ctx context.Context, key string, fn func(*PodRecord)) error 
 }
 
 // podLock is held by whoever supervises (or starts, or deletes) a pod: a
-// flock on <dir>/pods/<uid>/lock, released when its holder exits however
-// it exits. The file holds the holder's PID, for messages.
+// flock on <dir>/locks/<uid>, released when its holder exits however it
+// exits. The file holds the holder's PID, for messages.
 type podLock struct{ f *os.File }
 
 // HeldError says another live process holds a pod.
@@ -230,13 +233,24 @@ func (e *HeldError) Error() string { return fmt.Sprintf("held by pid %d", e.PID)
 
 func (s *store) podDir(uid string) string { return filepath.Join(s.dir, "pods", uid) }
 
+// lockFile is the pod's lock. It lives outside the pod's directory, and
+// only startPod creates it: a pod being removed (directory gone, lock file
+// unlinked last) can never be locked again by a process adopting it from a
+// state read a moment before.
+func (s *store) lockFile(uid string) string { return filepath.Join(s.dir, "locks", uid) }
+
 // tryLockPod takes the pod's lock without waiting: a *HeldError if another
-// process has it.
-func (s *store) tryLockPod(uid string) (*podLock, error) {
-	if err := os.MkdirAll(s.podDir(uid), 0o750); err != nil {
-		return nil, err
+// process has it. Without create, a pod whose lock file is gone is
+// os.ErrNotExist.
+func (s *store) tryLockPod(uid string, create bool) (*podLock, error) {
+	flags := os.O_RDWR | unix.O_CLOEXEC
+	if create {
+		if err := os.MkdirAll(filepath.Dir(s.lockFile(uid)), 0o700); err != nil {
+			return nil, err
+		}
+		flags |= os.O_CREATE
 	}
-	f, err := os.OpenFile(filepath.Join(s.podDir(uid), "lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	f, err := os.OpenFile(s.lockFile(uid), flags, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -255,11 +269,12 @@ func (s *store) tryLockPod(uid string) (*podLock, error) {
 	return &podLock{f: f}, nil
 }
 
-// lockPod waits up to wait for the pod's lock.
+// lockPod waits up to wait for the pod's lock (os.ErrNotExist: the pod
+// was removed meanwhile).
 func (s *store) lockPod(ctx context.Context, uid string, wait time.Duration) (*podLock, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		l, err := s.tryLockPod(uid)
+		l, err := s.tryLockPod(uid, false)
 		var held *HeldError
 		if err == nil || !errors.As(err, &held) || time.Now().After(deadline) {
 			return l, err
@@ -275,7 +290,7 @@ func (s *store) lockPod(ctx context.Context, uid string, wait time.Duration) (*p
 // holder is the PID supervising a pod, 0 when none does. It never
 // creates the lock file.
 func (s *store) holder(uid string) int {
-	f, err := os.OpenFile(filepath.Join(s.podDir(uid), "lock"), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(s.lockFile(uid), os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0
 	}
@@ -294,4 +309,14 @@ func (l *podLock) release() {
 		l.f.Close()
 		l.f = nil
 	}
+}
+
+// deletingElsewhere reports whether a live process other than this one is
+// deleting the pod.
+func (r *PodRecord) deletingElsewhere() bool {
+	if !r.Deleting || r.DeletingPID == 0 || r.DeletingPID == os.Getpid() {
+		return false
+	}
+	err := unix.Kill(r.DeletingPID, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }

@@ -103,10 +103,10 @@ func (n *Node) adopt(ctx context.Context, workers map[string]bool, done chan<- s
 			continue
 		}
 		live++
-		if workers[key] {
+		if workers[key] || r.deletingElsewhere() {
 			continue
 		}
-		lock, err := n.st.tryLockPod(r.UID)
+		lock, err := n.st.tryLockPod(r.UID, false)
 		if err != nil {
 			continue // held by another process (or gone meanwhile)
 		}
