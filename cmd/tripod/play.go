@@ -521,3 +521,31 @@ func reorder(fs *flag.FlagSet, args []string) []string {
 	}
 	return append(flags, pos...)
 }
+
+// deletePlayed removes the pods tripod play runs before `tripod down
+// --pods` removes every sandbox through the CRI: play's deletion also
+// unpublishes their volumes through CSI and drops them from its state
+// (claims are kept), so neither mounts nor records of vanished pods stay.
+func deletePlayed(ctx context.Context, s *stack) error {
+	dir := filepath.Join(s.cri.Root, "play")
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
+		return nil
+	}
+	n, err := play.Open(ctx, play.Options{CRIEndpoint: s.cri.Listen, CSIEndpoint: s.csiEndpoint, Dir: dir, Out: os.Stdout})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	pods, _, err := n.Status(ctx)
+	if err != nil || len(pods) == 0 {
+		return err
+	}
+	var keys []string
+	for _, p := range pods {
+		keys = append(keys, p.Namespace+"/"+p.Name)
+	}
+	if err := n.Delete(ctx, keys, false); err != nil {
+		return fmt.Errorf("deleting the played pods: %w; tripodd and tripod-csi are left running", err)
+	}
+	return nil
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,8 +40,23 @@ import (
 // pulled from there, so they run unchanged.
 type playEnv struct {
 	*upEnv
+	reg *imagetest.Registry
+	tr  http.RoundTripper // dials from inside the namespace
 	rt  runtimeapi.RuntimeServiceClient
 	csi *grpc.ClientConn
+}
+
+// push stores an image in the namespace's registry as repoTag
+// (library/x:1 is docker.io/library/x:1 through the mirror).
+func (e *playEnv) push(t *testing.T, repoTag string, img v1.Image) {
+	t.Helper()
+	ref, err := name.ParseReference(e.reg.Host+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(e.tr)); err != nil {
+		t.Fatalf("push %s: %v", repoTag, err)
+	}
 }
 
 const busyboxRef = "library/busybox:1.37"
@@ -55,16 +71,13 @@ func newPlayEnv(t *testing.T) *playEnv {
 		return err
 	})
 	t.Cleanup(reg.Close)
+	e.reg = reg
 	entries, err := imagetest.Busybox()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := name.ParseReference(reg.Host+"/"+busyboxRef, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The push dials from inside the namespace too.
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	e.tr = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := e.ns.Try(func() error {
 			var err error
@@ -73,9 +86,7 @@ func newPlayEnv(t *testing.T) *playEnv {
 		})
 		return c, err
 	}}
-	if err := remote.Write(ref, imagetest.Image(runtime.GOARCH, "", imagetest.Layer(entries...)), remote.WithTransport(tr)); err != nil {
-		t.Fatalf("push busybox: %v", err)
-	}
+	e.push(t, busyboxRef, imagetest.Image(runtime.GOARCH, "", imagetest.Layer(entries...)))
 	if err := critestimg.WriteHosts(e.p("certs.d"), reg.Host); err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +298,18 @@ func (e *playEnv) nothingPlayed(t *testing.T, claims ...string) {
 	}
 }
 
+// noSupervisor waits for the background supervisor to go, as it does once
+// it has no pod left.
+func (e *playEnv) noSupervisor(t *testing.T) {
+	t.Helper()
+	for i := 0; play.SupervisorPID(e.p("root/play")) != 0; i++ {
+		if i > 100 {
+			t.Fatal("the background supervisor does not exit without pods")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // writeManifest writes a manifest for a test.
 func (e *playEnv) writeManifest(t *testing.T, name, body string) string {
 	t.Helper()
@@ -464,13 +487,7 @@ func TestPlay(t *testing.T) {
 	})
 
 	t.Run("foreground", func(t *testing.T) {
-		// The background supervisor goes once it has nothing left.
-		for i := 0; play.SupervisorPID(e.p("root/play")) != 0; i++ {
-			if i > 100 {
-				t.Fatal("the background supervisor does not exit without pods")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		e.noSupervisor(t)
 		f := e.writeManifest(t, "sleeper", pod("sleeper", "Always", `  containers:
   - name: c
     image: docker.io/library/busybox:1.37
@@ -503,6 +520,161 @@ func TestPlay(t *testing.T) {
 		if err := fg2.wait(t); err != nil {
 			t.Errorf("foreground play after Ctrl-C: %v", err)
 		}
+		e.nothingPlayed(t)
+	})
+
+	t.Run("follow and completion", func(t *testing.T) {
+		f := e.writeManifest(t, "counter", pod("counter", "Never", `  containers:
+  - name: c
+    image: docker.io/library/busybox:1.37
+    command: ["sh", "-c", "for i in 1 2 3; do echo $i; sleep 1; done; printf 'no newline'"]
+`))
+		e.playMust(t, "play", "-d", f)
+		// The runtime ends the last line at the container's exit, as
+		// containerd does.
+		if out := e.playMust(t, "logs", "-f", "counter"); out != "1\n2\n3\nno newline\n" {
+			t.Errorf("logs -f: %q", out)
+		}
+		e.playMust(t, "delete", "counter")
+		// A foreground play returns once its pods have completed, failing
+		// when one failed; the pods stay for their logs.
+		f = e.writeManifest(t, "failing", pod("failing", "Never", `  containers:
+  - name: c
+    image: docker.io/library/busybox:1.37
+    command: ["sh", "-c", "echo bye; exit 4"]
+`))
+		fg := e.startPlay(t, f)
+		fg.waitLine(t, "default/failing: Failed: 1 container(s) failed")
+		fg.waitLine(t, "pod(s) failed: default/failing")
+		var exitErr *exec.ExitError
+		if err := fg.wait(t); !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
+			t.Errorf("foreground play of a failing pod: %v", err)
+		}
+		if out := e.playMust(t, "logs", "failing"); out != "bye\n" {
+			t.Errorf("logs: %q", out)
+		}
+		e.playMust(t, "delete", "failing")
+		e.nothingPlayed(t)
+	})
+
+	t.Run("security and volumes", func(t *testing.T) {
+		os.MkdirAll(e.p("hostdir/a/b"), 0o755)
+		os.WriteFile(e.p("hostdir/a/b/file"), []byte("from the host\n"), 0o644)
+		f := e.writeManifest(t, "secure", pod("secure", "Always", fmt.Sprintf(`  hostAliases:
+  - ip: 10.1.2.3
+    hostnames: [db.example]
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [10.0.0.10]
+    searches: [example.local]
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+  containers:
+  - name: c
+    image: docker.io/library/busybox:1.37
+    command: ["sh", "-c", "id; stat -c '%%n %%g %%a' /scratch /data; echo '$(GREETING)'; grep db.example /etc/hosts; grep -v '^#' /etc/resolv.conf; ls /img/bin/busybox; cat /sub/file; sleep 3600"]
+    env:
+    - {name: NAME, value: world}
+    - {name: GREETING, value: "hello $(NAME), $$(NAME) kept"}
+    resources:
+      limits: {cpu: 100m, memory: 32Mi}
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: data, mountPath: /data}
+    - {name: img, mountPath: /img}
+    - {name: host, mountPath: /sub, subPath: a/b}
+  volumes:
+  - name: scratch
+    emptyDir: {}
+  - name: data
+    persistentVolumeClaim: {claimName: secure-data}
+  - name: img
+    image: {reference: docker.io/library/busybox:1.37}
+  - name: host
+    hostPath: {path: %s, type: DirectoryOrCreate}
+`, e.p("hostdir"))))
+		e.playMust(t, "play", "-d", f)
+		var out string
+		for i := 0; i < 100 && !strings.Contains(out, "from the host"); i++ {
+			time.Sleep(100 * time.Millisecond)
+			out, _ = e.play("logs", "secure")
+		}
+		for _, want := range []string{"uid=1000 gid=3000", "/scratch 2000 2777", "/data 2000 2775", "hello world, $(NAME) kept",
+			"10.1.2.3\tdb.example", "nameserver 10.0.0.10", "search example.local", "/img/bin/busybox", "from the host"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the container's output lacks %q:\n%s", want, out)
+			}
+		}
+		ps := e.ps(t)
+		st, err := e.rt.ContainerStatus(context.Background(), &runtimeapi.ContainerStatusRequest{ContainerId: container(ps.pod("secure"), "c").ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := st.Status.Resources.GetLinux(); r.GetMemoryLimitInBytes() != 32<<20 || r.GetCpuQuota() != 10000 || r.GetCpuPeriod() != 100000 || r.GetCpuShares() != 102 {
+			t.Errorf("resources: %+v", r)
+		}
+		e.playMust(t, "delete", "--claims", "secure")
+		e.nothingPlayed(t)
+		if _, err := os.Stat(e.p("hostdir/a/b/file")); err != nil {
+			t.Errorf("hostPath content: %v", err)
+		}
+	})
+
+	t.Run("killed while starting", func(t *testing.T) {
+		// An image whose layer download stalls holds the start after the
+		// claim, the volumes and the sandbox were made; kill -9 then. (No
+		// background supervisor runs meanwhile: it would finish the
+		// interrupted start itself.)
+		e.noSupervisor(t)
+		entries, _ := imagetest.Busybox()
+		layer := imagetest.Layer(append(entries, imagetest.Entry{Name: "stall", Body: e.tag})...)
+		e.push(t, "library/stall:1", imagetest.Image(runtime.GOARCH, "", layer))
+		d, _ := layer.Digest()
+		release := e.reg.Stall(d)
+		defer release()
+		f := e.writeManifest(t, "stalled", pod("stalled", "Always", `  containers:
+  - name: c
+    image: docker.io/library/stall:1
+    command: ["sleep", "3600"]
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: mem, mountPath: /mem}
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: stalled-data}
+  - name: mem
+    emptyDir: {medium: Memory}
+`))
+		cmd := exec.Command(tripod, append(append([]string{"play", "-d"}, e.playArgs()...), f)...)
+		e.ns.Do(t, cmd.Start)
+		select {
+		case <-e.reg.Stalled():
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatal("the pull never reached the stalled layer")
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		ps := e.ps(t)
+		if p := ps.pod("stalled"); p == nil || p.Phase != "Interrupted" || len(e.playedSandboxes(t)) != 1 || len(e.playMounts()) == 0 {
+			t.Fatalf("after kill -9 mid-start: %+v, sandboxes %v, mounts %v", p, e.playedSandboxes(t), e.playMounts())
+		}
+		release()
+		out := e.playMust(t, "play", "-d", f)
+		if !strings.Contains(out, "default/stalled: finishing the interrupted start") {
+			t.Errorf("replay after the interrupted start:\n%s", out)
+		}
+		e.waitPS(t, "stalled running", time.Minute, func(ps psOut) bool {
+			p := ps.pod("stalled")
+			return p != nil && p.Phase == "Running" && container(p, "c").State == "Running"
+		})
+		if s := e.playedSandboxes(t); len(s) != 1 {
+			t.Errorf("sandboxes: %v", s)
+		}
+		e.playMust(t, "delete", "--claims", "stalled")
 		e.nothingPlayed(t)
 	})
 
@@ -563,6 +735,12 @@ func TestPlay(t *testing.T) {
 			bad(t, pod("bad", "Always", "  containers:\n  - name: c\n    image: "+img+"\n    command: [/nonexistent]\n"+volumes),
 				"pod default/bad: spec.containers[0] (c): ", "default/kept")
 		})
+		t.Run("subPath through a symlink", func(t *testing.T) {
+			os.MkdirAll(e.p("evil"), 0o755)
+			os.Symlink("/etc", e.p("evil/link"))
+			bad(t, pod("bad", "Always", fmt.Sprintf("  containers:\n  - name: c\n    image: %s\n    volumeMounts:\n    - {name: fresh, mountPath: /fresh}\n    - {name: h, mountPath: /h, subPath: link/x}\n  volumes:\n  - name: fresh\n    persistentVolumeClaim: {claimName: fresh}\n  - name: h\n    hostPath: {path: %s}\n", img, e.p("evil"))),
+				"pod default/bad: spec.containers[0].volumeMounts[1].subPath: link is a symbolic link", "default/kept")
+		})
 		t.Run("port in use on the host", func(t *testing.T) {
 			var l net.Listener
 			e.ns.Do(t, func() error {
@@ -600,6 +778,19 @@ func TestPlay(t *testing.T) {
 		})
 	})
 
+	// tripod down --pods deletes the played pods through play (their
+	// volumes unpublished) before removing every sandbox; claims stay.
+	e.playMust(t, "play", "-d", web)
+	e.httpGet(t, "127.0.0.1:8080", "/", time.Minute)
+	if out := e.must(append([]string{"down", "--pods"}, e.playArgs()...)...); !strings.Contains(out, "default/web: deleted") {
+		t.Errorf("down --pods:\n%s", out)
+	}
+	if m := e.playMounts(); len(m) > 0 {
+		t.Errorf("mounts after down --pods: %v", m)
+	}
+	e.must(append([]string{"up"}, e.upArgs()...)...)
+	e.nothingPlayed(t, "default/kept", "default/web-data")
+	e.playMust(t, "delete", "--claims", "-f", web)
 	e.playMust(t, "delete", "--all", "--claims")
 	e.nothingPlayed(t)
 }
