@@ -46,13 +46,13 @@ type PodRecord struct {
 	SandboxAttempt uint32 `json:"sandboxAttempt,omitempty"`
 	// Starting is set until the first containers started: a pod left
 	// starting by a process that died is rolled back, not adopted.
-	Starting bool   `json:"starting,omitempty"`
-	Deleting bool   `json:"deleting,omitempty"`
+	Starting bool `json:"starting,omitempty"`
+	Deleting bool `json:"deleting,omitempty"`
 	// DeletingPID is the process deleting the pod: a deletion is finished
 	// by another process only once that one is gone.
 	DeletingPID int    `json:"deletingPID,omitempty"`
-	Phase    string `json:"phase"`
-	Message  string `json:"message,omitempty"`
+	Phase       string `json:"phase"`
+	Message     string `json:"message,omitempty"`
 	// Volumes set up for the pod, in order; undone in reverse.
 	Volumes []VolumeRecord `json:"volumes,omitempty"`
 	// Containers are the supervisor's notes, for tripod ps.
