@@ -549,3 +549,24 @@ func deletePlayed(ctx context.Context, s *stack) error {
 	}
 	return nil
 }
+
+// resumePlayed starts the background supervisor after tripod up when
+// played pods are left without one (after a reboot, say): their restart
+// policies and probes apply again, and sandboxes the reboot took are made
+// anew.
+func (c *cli) resumePlayed(ctx context.Context, s *stack, sf stackFlags) error {
+	dir := filepath.Join(s.cri.Root, "play")
+	if _, err := os.Stat(filepath.Join(dir, "state.json")); err != nil {
+		return nil
+	}
+	live, err := play.Live(ctx, dir)
+	if err != nil || live == 0 || play.SupervisorPID(dir) != 0 {
+		return err
+	}
+	pid, err := c.ensureSupervisor(playFlags{stackFlags: sf}, dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("resumed supervising %d played pod(s): pid %d (log %s)\n", live, pid, filepath.Join(dir, "supervisor.log"))
+	return nil
+}

@@ -384,7 +384,9 @@ func TestPlay(t *testing.T) {
 			t.Errorf("exec into the exited init container: %v %q", err, out)
 		}
 
+		start = time.Now()
 		e.playMust(t, "delete", "web")
+		t.Logf("tripod delete web: %.2fs", time.Since(start).Seconds())
 		e.nothingPlayed(t, "default/web-data")
 		if ps := e.ps(t); ps.Claims[0].Staged {
 			t.Error("the claim is still staged with no pod using it")
@@ -429,6 +431,20 @@ func TestPlay(t *testing.T) {
 		}
 		if out := e.playMust(t, "logs", "-p", "greeter"); !strings.HasSuffix(out, "stopping\n") {
 			t.Errorf("the previous instance was not stopped with SIGTERM: %q", out)
+		}
+		// A sandbox that goes away (a reboot, or here crictl) is made anew,
+		// and the init container runs again in it.
+		old := e.ps(t).pod("greeter").Sandbox
+		e.crictl("stopp", old)
+		ps = e.waitPS(t, "greeter in a new sandbox", time.Minute, func(ps psOut) bool {
+			p := ps.pod("greeter")
+			return p.Sandbox != old && p.Phase == "Running" && container(p, "app").Ready
+		})
+		if out := e.playMust(t, "logs", "greeter"); !strings.Contains(out, "app "+ps.pod("greeter").IP+" read: hello from the init container") {
+			t.Errorf("app's log in the new sandbox: %q", out)
+		}
+		if s := e.playedSandboxes(t); len(s) != 1 {
+			t.Errorf("sandboxes: %v (the old one is removed)", s)
 		}
 		e.playMust(t, "delete", "greeter")
 		e.nothingPlayed(t)
@@ -782,6 +798,21 @@ func TestPlay(t *testing.T) {
 	// volumes unpublished) before removing every sandbox; claims stay.
 	e.playMust(t, "play", "-d", web)
 	e.httpGet(t, "127.0.0.1:8080", "/", time.Minute)
+	// tripod up starts a supervisor for played pods left without one.
+	sup := play.SupervisorPID(e.p("root/play"))
+	if sup == 0 {
+		t.Fatal("no background supervisor")
+	}
+	syscall.Kill(sup, syscall.SIGKILL)
+	for play.SupervisorPID(e.p("root/play")) != 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if out := e.must(append([]string{"up"}, e.upArgs()...)...); !strings.Contains(out, "resumed supervising 1 played pod(s)") {
+		t.Errorf("up with an unsupervised played pod:\n%s", out)
+	}
+	if p := e.ps(t).pod("web"); p.Supervisor == 0 || p.Supervisor == sup {
+		t.Errorf("web's supervisor after up: %d (killed: %d)", p.Supervisor, sup)
+	}
 	if out := e.must(append([]string{"down", "--pods"}, e.playArgs()...)...); !strings.Contains(out, "default/web: deleted") {
 		t.Errorf("down --pods:\n%s", out)
 	}

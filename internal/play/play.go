@@ -260,27 +260,6 @@ func (s *Session) Delete(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Ready reports whether every pod of the session has all its app
-// containers ready, from the state the workers persist.
-func (s *Session) Ready(ctx context.Context) (bool, error) {
-	st, err := s.n.st.Load(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, w := range s.workers {
-		r := st.Pods[w.key]
-		if r == nil || r.Phase != PhaseRunning {
-			return false, nil
-		}
-		for _, c := range w.pod.Spec.Containers {
-			if n := r.Containers[c.Name]; n == nil || !n.Ready {
-				return false, nil
-			}
-		}
-	}
-	return true, nil
-}
-
 // decodeRecord is the pod a record was played from.
 func decodeRecord(r *PodRecord) (*Pod, error) {
 	var pod corev1.Pod

@@ -119,12 +119,16 @@ func (n *Node) Status(ctx context.Context) ([]PodStatus, []ClaimStatus, error) {
 						cs.State, cs.Started = "Running", time.Unix(0, s.Status.StartedAt)
 						cs.Reason, cs.Message = "", ""
 					case runtimeapi.ContainerState_CONTAINER_EXITED:
+						cs.Ready = false
 						cs.ExitCode = s.Status.ExitCode
 						if cs.Reason == "" {
 							cs.State, cs.Reason = "Exited", s.Status.Reason
 						}
 					}
 				}
+			}
+			if cs.State != "Running" {
+				cs.Ready = false // a note from before a restart
 			}
 			ps.Containers = append(ps.Containers, cs)
 		}

@@ -146,3 +146,19 @@ func (n *Node) adopt(ctx context.Context, workers map[string]bool, done chan<- s
 	}
 	return live, errors.Join(errs...)
 }
+
+// Live counts the played pods under dir that are neither completed nor
+// being deleted: what a supervisor has to look after.
+func Live(ctx context.Context, dir string) (int, error) {
+	st, err := (&store{dir: dir}).Load(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range st.Pods {
+		if r.Phase != PhaseSucceeded && r.Phase != PhaseFailed && !r.Deleting {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -352,6 +352,14 @@ func (w *worker) sync(ctx context.Context, first bool) (syncResult, error) {
 		cancel()
 		switch {
 		case status.Code(err) == codes.NotFound || (err == nil && resp.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY):
+			// As kubelet: a pod that may not restart and whose containers
+			// already ran fails with its sandbox; others get a new one.
+			if w.pod.Spec.RestartPolicy == corev1.RestartPolicyNever {
+				if all, lerr := w.containers(ctx, sandbox); lerr == nil && len(all) > 0 {
+					w.sayf("", "sandbox %.13s is gone or not ready, and restartPolicy is Never", sandbox)
+					return w.finish(ctx, sandbox, PhaseFailed, "the pod's sandbox was lost")
+				}
+			}
 			w.sayf("", "sandbox %.13s is gone or not ready (the node restarted?); starting a new one", sandbox)
 			w.killSandbox(ctx, sandbox)
 			sandbox = ""
@@ -365,13 +373,16 @@ func (w *worker) sync(ctx context.Context, first bool) (syncResult, error) {
 		}
 	}
 	if sandbox == "" {
+		w.stopProbes()
+		for _, n := range w.notes {
+			*n = ContainerNote{}
+		}
+		w.wasReady = false
+		w.said = map[string]string{}
 		if sandbox, err = w.runSandbox(ctx, rec.SandboxAttempt); err != nil {
 			return syncRunning, err
 		}
-		for id, ps := range w.probes {
-			ps.stop()
-			delete(w.probes, id)
-		}
+		w.persist(ctx)
 	}
 	all, err := w.containers(ctx, sandbox)
 	if err != nil {
