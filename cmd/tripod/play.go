@@ -305,10 +305,14 @@ func (c *cli) ps(ctx context.Context, args []string) error {
 			if !ct.Init {
 				ready = fmt.Sprint(ct.Ready)
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t\t\t\t\n", name, state, ready, ct.Restarts)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\n", name, state, ready, ct.Restarts)
 		}
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	if len(claims) > 0 {
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "\nCLAIM\tSIZE\tVOLUME\tSTAGED\tUSED BY")
 		for _, cl := range claims {
 			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%v\t%s\n", cl.Namespace, cl.Name, human(cl.Size), dash(cl.VolumeID), cl.Staged, dash(strings.Join(cl.Users, ",")))

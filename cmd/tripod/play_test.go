@@ -361,7 +361,9 @@ func TestPlay(t *testing.T) {
 			!slices.Equal(ps.Claims[0].Users, []string{"default/web"}) {
 			t.Errorf("claims: %+v", ps.Claims)
 		}
-		if out := e.playMust(t, "ps"); !strings.Contains(out, "default/web") || !strings.Contains(out, "page (init)") || !strings.Contains(out, "default/web-data") {
+		out = e.playMust(t, "ps")
+		t.Logf("tripod ps:\n%s", out)
+		if !strings.Contains(out, "default/web") || !strings.Contains(out, "page (init)") || !strings.Contains(out, "default/web-data") {
 			t.Errorf("ps:\n%s", out)
 		}
 		if out := e.playMust(t, "logs", "web", "-c", "page"); out != "wrote the page\n" {

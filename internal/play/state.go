@@ -1,6 +1,7 @@
 package play
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -143,14 +144,20 @@ func (s *store) flock(ctx context.Context, how int) (func(), error) {
 }
 
 func (s *store) read() (*State, error) {
+	st, _, err := s.readRaw()
+	return st, err
+}
+
+// readRaw also returns the file's bytes.
+func (s *store) readRaw() (*State, []byte, error) {
 	st := &State{}
 	b, err := os.ReadFile(s.file())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(b) > 0 {
 		if err := json.Unmarshal(b, st); err != nil {
-			return nil, fmt.Errorf("%s: %w", s.file(), err)
+			return nil, nil, fmt.Errorf("%s: %w", s.file(), err)
 		}
 	}
 	if st.Pods == nil {
@@ -159,7 +166,7 @@ func (s *store) read() (*State, error) {
 	if st.Claims == nil {
 		st.Claims = map[string]*ClaimRecord{}
 	}
-	return st, nil
+	return st, b, nil
 }
 
 // Load reads the state.
@@ -173,14 +180,14 @@ func (s *store) Load(ctx context.Context) (*State, error) {
 }
 
 // Update applies fn to the state and writes it back, all under the
-// exclusive lock; an error from fn writes nothing.
+// exclusive lock; an error from fn, or no change, writes nothing.
 func (s *store) Update(ctx context.Context, fn func(*State) error) error {
 	unlock, err := s.flock(ctx, unix.LOCK_EX)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	st, err := s.read()
+	st, old, err := s.readRaw()
 	if err != nil {
 		return err
 	}
@@ -188,7 +195,7 @@ func (s *store) Update(ctx context.Context, fn func(*State) error) error {
 		return err
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
+	if err != nil || bytes.Equal(b, old) {
 		return err
 	}
 	tmp := s.file() + ".tmp"
