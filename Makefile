@@ -40,6 +40,11 @@ CRITOOLS_MOD := sigs.k8s.io/cri-tools@v1.37.0
 RUNC := github.com/opencontainers/runc@v1.5.2
 REFERENCE_PLUGINS_VERSION := v1.9.1
 REFERENCE_PLUGINS := bridge ptp host-local loopback portmap tuning bandwidth firewall
+# containerd 2 and its runc shim for bench-cri's second containerd column,
+# built as upstream builds them (the shim without cgo); kept off PATH so
+# that Debian's containerd 1.6 keeps finding its own shim.
+CONTAINERD2_VERSION := v2.4.2
+CONTAINERD2_DIR ?= $(TOOLS)/containerd2
 
 
 # make install: the usual PREFIX and DESTDIR (staging for packages), and
@@ -103,8 +108,12 @@ $(TOOLS)/critest:
 
 # The reference plugins (and the iptables they drive), for benchmarks side
 # by side with tripod's.
-bench-deps: $(TOOLS)/reference/bridge
+bench-deps: $(TOOLS)/reference/bridge $(CONTAINERD2_DIR)/containerd
 	@command -v iptables >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null
+
+$(CONTAINERD2_DIR)/containerd:
+	GOBIN=$(CONTAINERD2_DIR) CGO_ENABLED=0 $(GO) install github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
+	GOBIN=$(CONTAINERD2_DIR) $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION)
 
 $(TOOLS)/reference/bridge:
 	@mkdir -p $(TOOLS)/reference
@@ -138,11 +147,12 @@ bench-images: deps build
 bench-csi: deps build
 	TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) run ./bench/csi
 
-# Pod start, stop and memory per pod, tripodd vs Debian's containerd 1.6
-# (its CRI plugin with the reference CNI plugins). Needs root.
+# Pod start, stop, memory per pod and critest -benchmark, tripodd vs
+# containerd 2.4 and Debian's containerd 1.6 (their CRI plugin with the
+# reference CNI plugins), all on the runc first on PATH. Needs root.
 bench-cri: deps build bench-deps
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
-	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cri
+	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference TRIPOD_CONTAINERD2_DIR=$(CONTAINERD2_DIR) $(GO) run ./bench/cri
 
 # The main job: dependencies, build, install (make install), then `tripod
 # up`: tripodd and tripod-csi run as daemons (logs in /var/log/tripod), the

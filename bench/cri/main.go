@@ -1,20 +1,24 @@
 // Command cri benchmarks tripodd's runtime service against containerd's
-// CRI plugin (Debian's containerd 1.6 with its runc shim), each on its own
-// root, socket and bridge network (tripod's CNI plugins for tripodd, the
-// reference plugins for containerd), the same busybox image from the same
-// registry on 127.0.0.1. It reports pod start (RunPodSandbox with network +
+// CRI plugin: the current release (2.4, built by `make bench-deps`, with
+// its runc shim) and Debian's 1.6, all on the same runc (the first on
+// PATH), each on its own root, socket and bridge network (tripod's CNI
+// plugins for tripodd, the reference plugins on the same conflist for
+// containerd), the same busybox image from the same registry on
+// 127.0.0.1. It reports pod start (RunPodSandbox with network +
 // CreateContainer + StartContainer) for sequential and concurrent pods,
 // StopPodSandbox, the memory each runtime adds per running pod (RSS and PSS
-// of its monitors/shims and pause processes at 20 pods) and the daemons'
-// RSS, with tripod/containerd ratios.
+// of its monitors/shims and pause processes at 20 pods), the daemons' RSS,
+// and `critest -benchmark`'s figures, with tripod/containerd ratios.
 //
-//	TRIPODD=bin/tripodd TRIPOD_CNI_BIN=bin/cni TRIPOD_REFERENCE_BIN=.tools/bin/reference go run ./bench/cri
+//	TRIPODD=bin/tripodd TRIPOD_CNI_BIN=bin/cni TRIPOD_REFERENCE_BIN=.tools/bin/reference \
+//	TRIPOD_CONTAINERD2_DIR=.tools/bin/containerd2 go run ./bench/cri
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,7 +58,19 @@ type results struct {
 	daemonIdleKB, daemonKB   int64
 	perPodRSSKB, perPodPSSKB float64
 	helperRSSKB, helperPSSKB int64
+	critest                  map[string][]time.Duration
 }
+
+// runtimeUnderTest is one column of the report.
+type runtimeUnderTest struct {
+	name  string
+	kind  string // "tripod" or "containerd": how to find its helper processes
+	start func(dir, regHost string) (*daemon, error)
+}
+
+// mirrored are the registries critest's images come from; each runtime
+// is pointed at the local registry for them.
+var mirrored = []string{"registry.k8s.io", "public.ecr.aws"}
 
 func run(seq, conc, held int) error {
 	if os.Geteuid() != 0 {
@@ -74,20 +90,40 @@ func run(seq, conc, held int) error {
 	if err := pushImages(reg); err != nil {
 		return err
 	}
-	var all []results
-	r, err := bench("tripod", startTripod, reg.Host, seq, conc, held)
-	if err != nil {
-		return fmt.Errorf("tripod: %w", err)
+	runtimes := []runtimeUnderTest{{name: "tripod", kind: "tripod", start: startTripod}}
+	ctd2Dir, _ := filepath.Abs(envOr("TRIPOD_CONTAINERD2_DIR", ".tools/bin/containerd2"))
+	if v, err := version(filepath.Join(ctd2Dir, "containerd")); err == nil {
+		runtimes = append(runtimes, runtimeUnderTest{name: "containerd " + v, kind: "containerd",
+			start: func(dir, regHost string) (*daemon, error) { return startContainerd(dir, regHost, ctd2Dir, 2) }})
+	} else {
+		fmt.Printf("containerd 2 not found in %s (make bench-deps builds it): %v\n", ctd2Dir, err)
 	}
-	all = append(all, r)
-	if _, err := exec.LookPath("containerd"); err == nil {
-		r, err := bench("containerd", startContainerd, reg.Host, seq, conc, held)
+	if bin, err := exec.LookPath("containerd"); err == nil {
+		if v, err := version(bin); err == nil {
+			runtimes = append(runtimes, runtimeUnderTest{name: "containerd " + v, kind: "containerd",
+				start: func(dir, regHost string) (*daemon, error) { return startContainerd(dir, regHost, filepath.Dir(bin), 1) }})
+		}
+	} else {
+		fmt.Println("Debian's containerd is not installed: no containerd 1.6 column")
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return fmt.Errorf("runc: %w", err)
+	}
+	rv, _ := exec.Command(runc, "--version").Output()
+	fmt.Printf("runc for every runtime: %s (%s)\n", runc, strings.SplitN(strings.TrimSpace(string(rv)), "\n", 2)[0])
+	critest, err := exec.LookPath("critest")
+	if err != nil {
+		fmt.Println("critest not on PATH (make go-tools builds it): no critest -benchmark rows")
+		critest = ""
+	}
+	var all []results
+	for _, rt := range runtimes {
+		r, err := bench(rt, reg.Host, critest, seq, conc, held)
 		if err != nil {
-			return fmt.Errorf("containerd: %w", err)
+			return fmt.Errorf("%s: %w", rt.name, err)
 		}
 		all = append(all, r)
-	} else {
-		fmt.Println("containerd not installed: tripod column only")
 	}
 	report(all, seq, conc, held)
 	return nil
@@ -114,8 +150,36 @@ func pushImages(reg *imagetest.Registry) error {
 	if err != nil {
 		return err
 	}
-	_, err = reg.PushImage("bench/pause:3.10", v1.Image(pause))
-	return err
+	if _, err = reg.PushImage("bench/pause:3.10", v1.Image(pause)); err != nil {
+		return err
+	}
+	// Look-alikes of what critest -benchmark pulls: busybox-static with
+	// the applets its containers run (top).
+	es = append(es, imagetest.Entry{Name: "bin/top", Type: '2', Linkname: "busybox"})
+	bb2 := imagetest.Image(runtime.GOARCH, "", imagetest.Layer(es...))
+	for _, ref := range []string{"e2e-test-images/busybox:1.29-2", "docker/library/busybox:1.35.0-glibc", "docker/library/busybox:1-uclibc",
+		"docker/library/busybox:1", "docker/library/busybox:1-glibc", "docker/library/busybox:1-musl"} {
+		if _, err := reg.PushImage(ref, bb2); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// version is a containerd binary's version ("2.4.2", "1.6.20").
+func version(bin string) (string, error) {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		return "", fmt.Errorf("%s --version: %q", bin, out)
+	}
+	v := strings.TrimPrefix(f[2], "v")
+	v, _, _ = strings.Cut(v, "~")
+	v, _, _ = strings.Cut(v, "+")
+	return v, nil
 }
 
 // daemon is a runtime under test.
@@ -139,38 +203,52 @@ func startTripod(dir, regHost string) (*daemon, error) {
 	os.MkdirAll(conf, 0o755)
 	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("tpbench", "tpbenchbr0", "10.231.0.0/16", filepath.Join(dir, "ipam"))), 0o644)
 	os.WriteFile(filepath.Join(dir, "tripod.toml"), []byte("[runtime]\ncgroup_parent = \"/tpbench\"\n"), 0o644)
+	hosts := filepath.Join(dir, "hosts")
+	for _, h := range mirrored {
+		os.MkdirAll(filepath.Join(hosts, h), 0o755)
+		os.WriteFile(filepath.Join(hosts, h, "hosts.toml"), fmt.Appendf(nil, "server = \"http://%s\"\n", regHost), 0o644)
+	}
 	sock := filepath.Join(dir, "tripod.sock")
 	cmd := exec.Command(bin, "--config", filepath.Join(dir, "tripod.toml"), "--root", filepath.Join(dir, "root"), "--state", filepath.Join(dir, "state"),
-		"--listen", "unix://"+sock, "--cni-conf-dir", conf, "--cni-bin-dir", cniBin, "--log-level", "warn")
+		"--listen", "unix://"+sock, "--cni-conf-dir", conf, "--cni-bin-dir", cniBin, "--registry-hosts-dir", hosts, "--log-level", "warn")
 	d := &daemon{cmd: cmd, sock: sock, dir: dir}
 	d.stop = func() {
-		if b, err := os.ReadFile(filepath.Join(dir, "state", "runtime", "monitor.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pid, err := daemonctl.ReadPIDFile(filepath.Join(dir, "state", "runtime", "monitor.pid")); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		exec.Command("ip", "link", "del", "tpbenchbr0").Run()
 	}
 	return d, start(d)
 }
 
-func startContainerd(dir, regHost string) (*daemon, error) {
+// startContainerd runs the containerd in binDir (whose runc shim is found
+// there first) with a config of its major version's format.
+func startContainerd(dir, regHost, binDir string, major int) (*daemon, error) {
 	ref, _ := filepath.Abs(envOr("TRIPOD_REFERENCE_BIN", ".tools/bin/reference"))
+	bridge := fmt.Sprintf("tpctd%dbr0", major)
 	conf := filepath.Join(dir, "cni-conf")
 	os.MkdirAll(conf, 0o755)
-	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("ctdbench", "tpctdbr0", "10.232.0.0/16", filepath.Join(dir, "ipam"))), 0o644)
-	certs := filepath.Join(dir, "certs.d", regHost)
-	os.MkdirAll(certs, 0o755)
-	os.WriteFile(filepath.Join(certs, "hosts.toml"), []byte(benchutil.HostsTOML(regHost)), 0o644)
+	os.WriteFile(filepath.Join(conf, "10-bench.conflist"), []byte(conflist("ctdbench", bridge, fmt.Sprintf("10.%d.0.0/16", 231+major), filepath.Join(dir, "ipam"))), 0o644)
+	for _, h := range append([]string{regHost}, mirrored...) {
+		certs := filepath.Join(dir, "certs.d", h)
+		os.MkdirAll(certs, 0o755)
+		os.WriteFile(filepath.Join(certs, "hosts.toml"), []byte(benchutil.HostsTOML(regHost)), 0o644)
+	}
 	sock := filepath.Join(dir, "containerd.sock")
 	cfg := benchutil.ContainerdConfig{
 		Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"), Socket: sock,
 		SandboxImage: regHost + "/bench/pause:3.10", CertsDir: filepath.Join(dir, "certs.d"),
 		CNIBinDir: ref, CNIConfDir: conf,
-	}.TOML()
-	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644)
-	d := &daemon{cmd: exec.Command("containerd", "--config", filepath.Join(dir, "config.toml")), sock: sock, dir: dir}
-	d.stop = func() { exec.Command("ip", "link", "del", "tpctdbr0").Run() }
+	}
+	text := cfg.TOML()
+	if major >= 2 {
+		text = cfg.TOML2()
+	}
+	os.WriteFile(filepath.Join(dir, "config.toml"), []byte(text), 0o644)
+	cmd := exec.Command(filepath.Join(binDir, "containerd"), "--config", filepath.Join(dir, "config.toml"))
+	cmd.Env = append(os.Environ(), "PATH="+binDir+string(filepath.ListSeparator)+os.Getenv("PATH"))
+	d := &daemon{cmd: cmd, sock: sock, dir: dir}
+	d.stop = func() { exec.Command("ip", "link", "del", bridge).Run() }
 	return d, start(d)
 }
 
@@ -192,14 +270,14 @@ func start(d *daemon) error {
 	return fmt.Errorf("%s did not create its socket", d.cmd.Path)
 }
 
-func bench(name string, startFn func(dir, regHost string) (*daemon, error), regHost string, seq, conc, held int) (results, error) {
-	res := results{name: name}
-	dir, err := os.MkdirTemp("", "tpbench-"+name)
+func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int) (results, error) {
+	res := results{name: under.name}
+	dir, err := os.MkdirTemp("", "tpbench-"+under.kind)
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	d, err := startFn(dir, regHost)
+	d, err := under.start(dir, regHost)
 	if d != nil {
 		defer func() {
 			d.cmd.Process.Signal(syscall.SIGKILL)
@@ -270,7 +348,7 @@ func bench(name string, startFn func(dir, regHost string) (*daemon, error), regH
 	removeAll([]string{p}, false)
 	time.Sleep(time.Second)
 	res.daemonIdleKB = rss(d.cmd.Process.Pid)
-	base := helperMemory(name, d.cmd.Process.Pid)
+	base := helperMemory(under.kind, d.sock)
 
 	var pods []string
 	for range seq {
@@ -285,7 +363,7 @@ func bench(name string, startFn func(dir, regHost string) (*daemon, error), regH
 		if len(pods) == held {
 			time.Sleep(time.Second)
 			res.daemonKB = rss(d.cmd.Process.Pid)
-			m := helperMemory(name, d.cmd.Process.Pid)
+			m := helperMemory(under.kind, d.sock)
 			res.perPodRSSKB = float64(m.rss-base.rss) / float64(held)
 			res.perPodPSSKB = float64(m.pss-base.pss) / float64(held)
 			res.helperRSSKB, res.helperPSSKB = m.rss, m.pss
@@ -325,6 +403,11 @@ func bench(name string, startFn func(dir, regHost string) (*daemon, error), regH
 	if len(errs) > 0 {
 		return res, errs[0]
 	}
+	if critest != "" {
+		if res.critest, err = runCritest(ctx, critest, d.sock, dir); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 
@@ -332,30 +415,49 @@ type mem struct{ rss, pss int64 }
 
 // helperMemory sums RSS and PSS of what a runtime runs besides its daemon
 // and the containers' own processes: tripod-monitor for tripod, the shims
-// and pause processes for containerd.
-func helperMemory(name string, daemonPid int) mem {
-	var m mem
+// and pause processes for containerd. Only this daemon's (its socket is on
+// their command line; pauses are its shims' children): other runtimes on
+// the node are not counted.
+func helperMemory(kind, sock string) mem {
+	type proc struct {
+		pid, ppid int
+		args      []string
+	}
+	var procs []proc
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == daemonPid {
+		if err != nil {
 			continue
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-		match := false
-		switch name {
-		case "tripod":
-			match = filepath.Base(args[0]) == "tripod-monitor"
-		case "containerd":
-			match = strings.Contains(args[0], "containerd-shim") || (len(args) == 2 && args[0] == "/bin/sleep" && args[1] == "infinity")
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		ppid := 0
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
+				ppid, _ = strconv.Atoi(f[1])
+			}
 		}
-		if !match {
+		procs = append(procs, proc{pid, ppid, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")})
+	}
+	helpers := map[int]bool{}
+	for _, p := range procs {
+		switch kind {
+		case "tripod":
+			helpers[p.pid] = filepath.Base(p.args[0]) == "tripod-monitor" && slices.Contains(p.args, filepath.Join(filepath.Dir(sock), "state", "runtime", "monitor.sock"))
+		case "containerd":
+			helpers[p.pid] = strings.Contains(p.args[0], "containerd-shim") && slices.Contains(p.args, sock)
+		}
+	}
+	var m mem
+	for _, p := range procs {
+		pause := kind == "containerd" && helpers[p.ppid] && len(p.args) == 2 && p.args[0] == "/bin/sleep" && p.args[1] == "infinity"
+		if !helpers[p.pid] && !pause {
 			continue
 		}
-		r, p := smaps(pid)
+		r, ps := smaps(p.pid)
 		m.rss += r
-		m.pss += p
+		m.pss += ps
 	}
 	return m
 }
@@ -433,19 +535,23 @@ func report(all []results, seq, conc, held int) {
 	for _, r := range all {
 		header += "\t" + r.name
 	}
-	if len(all) == 2 {
-		header += "\ttripod/containerd\ttarget"
+	for _, r := range all[1:] {
+		header += "\ttripod/" + r.name
 	}
-	fmt.Fprintln(tw, header)
+	fmt.Fprintln(tw, header+"\ttarget")
 	row := func(label string, target string, f func(r results) float64, unit string) {
 		line := label
 		for _, r := range all {
 			line += fmt.Sprintf("\t%.1f %s", f(r), unit)
 		}
-		if len(all) == 2 && f(all[1]) != 0 {
-			line += fmt.Sprintf("\t%.2f\t%s", f(all[0])/f(all[1]), target)
+		for _, r := range all[1:] {
+			if f(r) != 0 {
+				line += fmt.Sprintf("\t%.2f", f(all[0])/f(r))
+			} else {
+				line += "\t-"
+			}
 		}
-		fmt.Fprintln(tw, line)
+		fmt.Fprintln(tw, line+"\t"+target)
 	}
 	row(fmt.Sprintf("pod start p50 (%d sequential)", seq), "≤ 0.5", func(r results) float64 { return pct(r.seq, .5) }, "ms")
 	row(fmt.Sprintf("pod start p99 (%d sequential)", seq), "", func(r results) float64 { return pct(r.seq, .99) }, "ms")
@@ -458,6 +564,15 @@ func report(all []results, seq, conc, held int) {
 	row(fmt.Sprintf("monitors/shims+pause PSS total (%d pods)", held), "", func(r results) float64 { return float64(r.helperPSSKB) / 1024 }, "MB")
 	row("daemon RSS idle", "", func(r results) float64 { return float64(r.daemonIdleKB) / 1024 }, "MB")
 	row(fmt.Sprintf("daemon RSS at %d pods", held), "≤ 0.5", func(r results) float64 { return float64(r.daemonKB) / 1024 }, "MB")
+	if all[0].critest != nil {
+		for _, o := range append(critestOps, struct{ file, op string }{"", podContainerOp}) {
+			label := "critest -benchmark " + o.op + " p50"
+			if o.op == podContainerOp {
+				label = "critest -benchmark " + o.op + " (1 run)"
+			}
+			row(label, "", func(r results) float64 { return pct(r.critest[o.op], .5) }, "ms")
+		}
+	}
 	tw.Flush()
 }
 

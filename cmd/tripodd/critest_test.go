@@ -21,14 +21,6 @@ type critestSkip struct{ pattern, reason string }
 // that cannot pass on this machine. Drop a line when its area lands.
 func critestSkips() []critestSkip {
 	return []critestSkip{
-		{`Streaming`, "issue 6 streaming: exec, attach and port-forward through the streaming server"},
-		{`Security Context bucket`, "issue 6 security contexts: users, groups, capabilities, privileged, read-only rootfs, masked and read-only paths"},
-		{`SupplementalGroupsPolicy`, "issue 6 security contexts: SupplementalGroupsPolicy"},
-		{`SeccompProfilePath`, "issue 6 security contexts: seccomp"},
-		{`NoNewPrivs`, "issue 6 security contexts: no_new_privs"},
-		{`UserNamespaces`, "issue 6 security contexts: user namespaces"},
-		{`AppArmor`, "issue 6 security contexts: AppArmor (this kernel has no AppArmor either)"},
-		{`support recursive readonly|reject a recursive readonly`, "issue 6 security contexts: recursive read-only mounts"},
 		{`public image with digest`, "pulls an upstream digest that cannot be rebuilt offline"},
 	}
 }

@@ -159,6 +159,12 @@ func (p *testPlugin) PostStartContainer(ctx context.Context, pod *api.PodSandbox
 func (p *testPlugin) StopContainer(ctx context.Context, pod *api.PodSandbox, c *api.Container) ([]*api.ContainerUpdate, error) {
 	return nil, p.record(ctx, "StopContainer", pod, c)
 }
+func (p *testPlugin) UpdateContainer(ctx context.Context, pod *api.PodSandbox, c *api.Container, r *api.LinuxResources) ([]*api.ContainerUpdate, error) {
+	return nil, p.record(ctx, "UpdateContainer", pod, c)
+}
+func (p *testPlugin) PostUpdateContainer(ctx context.Context, pod *api.PodSandbox, c *api.Container) error {
+	return p.record(ctx, "PostUpdateContainer", pod, c)
+}
 func (p *testPlugin) RemoveContainer(ctx context.Context, pod *api.PodSandbox, c *api.Container) error {
 	return p.record(ctx, "RemoveContainer", pod, c)
 }
@@ -233,6 +239,14 @@ func TestNRIPlugin(t *testing.T) {
 		t.Fatalf("memory limit after the plugin's update: %q, %v", b, err)
 	}
 
+	// The CRI's own resize passes through the plugins too.
+	if _, err := e.rt.UpdateContainerResources(testCtx(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: ctr,
+		Linux: &runtimeapi.LinuxContainerResources{CpuShares: 512}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupUint(t, "cpu", filepath.Join(e.cgroup, ctr), "cpu.shares"); got != 512 {
+		t.Fatalf("cpu.shares after UpdateContainerResources: %d", got)
+	}
 	// A plugin connecting now is handed what runs.
 	late := startPlugin(t, e.n.nriSock(), "20", e.tag+"-late", nil)
 	late.mu.Lock()
@@ -260,12 +274,12 @@ func TestNRIPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"RunPodSandbox", "CreateContainer", "PostCreateContainer", "StartContainer", "PostStartContainer",
-		"StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox"}
+		"UpdateContainer", "PostUpdateContainer", "StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox"}
 	if got := plug.waitEvents(t, podID, len(want)); !slices.Equal(got, want) {
 		t.Fatalf("first plugin's events:\n got %v\nwant %v", got, want)
 	}
-	if got := late.waitEvents(t, podID, len(want[5:])); !slices.Equal(got, want[5:]) {
-		t.Fatalf("late plugin's events:\n got %v\nwant %v", got, want[5:])
+	if got := late.waitEvents(t, podID, len(want[7:])); !slices.Equal(got, want[7:]) {
+		t.Fatalf("late plugin's events:\n got %v\nwant %v", got, want[7:])
 	}
 }
 

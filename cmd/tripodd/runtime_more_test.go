@@ -47,7 +47,7 @@ func TestRuntimeStatusAndConfig(t *testing.T) {
 		for _, c := range st.Status.Conditions {
 			out[c.Type] = c
 		}
-		if len(st.RuntimeHandlers) != 2 || st.RuntimeHandlers[0].Name != "alt" || st.RuntimeHandlers[1].Name != "runc" {
+		if len(st.RuntimeHandlers) != 3 || st.RuntimeHandlers[0].Name != "alt" || st.RuntimeHandlers[1].Name != "runc" || st.RuntimeHandlers[2].Name != "" {
 			t.Fatalf("handlers: %v", st.RuntimeHandlers)
 		}
 		return out

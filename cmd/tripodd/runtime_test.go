@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"io"
 	"net"
 	"net/http"
@@ -76,6 +77,14 @@ func newPodEnvBin(t *testing.T, bin string) *podEnv { return newPodEnvWith(t, bi
 // newPodEnvWith runs setup (with the registry) before the daemon starts.
 func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Registry)) *podEnv {
 	e := &podEnv{t: t, n: newNode(t), tag: cnitest.Tag(t)}
+	// Searchable as /run/tripod is: a user namespace's root must walk
+	// down to its containers' rootfs (the test's temporary directories
+	// are 0700).
+	for _, d := range []string{e.n.state, filepath.Dir(e.n.state)} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	b := make([]byte, 2)
 	rand.Read(b)
 	e.subnet = fmt.Sprintf("10.%d.%d.0/24", 100+int(b[0])%100, b[1])
@@ -109,10 +118,8 @@ func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Regi
 	t.Cleanup(func() {
 		// After the daemon and the pods: the monitor, the bridge, the
 		// cgroup parents (each by name, all unique to this test).
-		if b, err := os.ReadFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pid, err := daemonctl.ReadPIDFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile)); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if l, err := netlink.LinkByName(e.tag + "br"); err == nil {
 			netlink.LinkDel(l)

@@ -87,7 +87,12 @@ func TestConflist(t *testing.T) {
 // record lists what is tripod's.
 func TestInstall(t *testing.T) {
 	ctx := context.Background()
-	from := filepath.Join(cnitest.BinDir(t), Binary)
+	// The plugin links point at the multi-call binary, wherever the
+	// harness keeps it (bin/tripod-cni under make test).
+	from, err := filepath.EvalSymlinks(filepath.Join(cnitest.BinDir(t), "loopback"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	dest := t.TempDir()
 	bin := filepath.Join(dest, "opt/cni/bin")
 	os.MkdirAll(bin, 0o755)

@@ -30,11 +30,11 @@ const ExitFile = "exit.json"
 
 // Request is one call to the monitor.
 type Request struct {
-	Op string `json:"op"` // create, wait, state, kill, reopen, forget, ping
+	Op string `json:"op"` // create, adopt, wait, state, kill, reopen, forget, ping, exec, attach
 	ID string `json:"id,omitempty"`
 	// Signal is kill's signal number.
 	Signal int `json:"signal,omitempty"`
-	// For create.
+	// For create and adopt.
 	Bundle      string   `json:"bundle,omitempty"`
 	Runtime     string   `json:"runtime,omitempty"`
 	RuntimeArgs []string `json:"runtimeArgs,omitempty"` // global flags before the command (--root, --systemd-cgroup)
@@ -42,6 +42,18 @@ type Request struct {
 	// OOMFile is the cgroup file whose oom_kill counter tells an OOM kill
 	// (memory.oom_control on v1, memory.events on v2); optional.
 	OOMFile string `json:"oomFile,omitempty"`
+	// TTY (create, exec) gives the process a pseudo-terminal; Stdin
+	// (create, exec, attach) a stdin pipe; StdinOnce (create) closes the
+	// container's stdin when the first attach that used it ends.
+	TTY       bool `json:"tty,omitempty"`
+	Stdin     bool `json:"stdin,omitempty"`
+	StdinOnce bool `json:"stdinOnce,omitempty"`
+	// For exec: the command and extra environment.
+	Args []string `json:"args,omitempty"`
+	Env  []string `json:"env,omitempty"`
+	// For attach: the output streams wanted.
+	Stdout bool `json:"stdout,omitempty"`
+	Stderr bool `json:"stderr,omitempty"`
 }
 
 // Exit is how a container ended.
@@ -51,6 +63,9 @@ type Exit struct {
 	Signal     int   `json:"signal,omitempty"`
 	FinishedAt int64 `json:"finishedAt"` // unix nanoseconds
 	OOMKilled  bool  `json:"oomKilled,omitempty"`
+	// Unknown is set when the init ended while no monitor held it and
+	// its status could not be read: Code is then 255.
+	Unknown bool `json:"unknown,omitempty"`
 }
 
 // Reply answers a Request.

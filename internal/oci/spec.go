@@ -3,7 +3,6 @@
 package oci
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -22,6 +21,13 @@ type Mount struct {
 	Readonly                bool
 	// Propagation is "private", "rslave" or "rshared".
 	Propagation string
+	// RecursiveReadOnly makes submounts read-only too (needs Readonly and
+	// private propagation).
+	RecursiveReadOnly bool `json:",omitempty"`
+	// UIDMappings and GIDMappings make the mount idmapped; in a pod with a
+	// user namespace they default to its mappings.
+	UIDMappings []specs.LinuxIDMapping `json:",omitempty"`
+	GIDMappings []specs.LinuxIDMapping `json:",omitempty"`
 }
 
 // Device is a host device exposed in the container.
@@ -67,21 +73,19 @@ type Input struct {
 	Annotations map[string]string
 	Sysctls     map[string]string
 	CgroupsPath string
-	// Namespaces maps a kind (network, ipc, uts, pid) to a path to join;
+	// Namespaces maps a kind (network, ipc, uts, pid, cgroup) to a path to join;
 	// an empty path means a new namespace; a missing kind the host's.
 	Namespaces map[specs.LinuxNamespaceType]string
 	// Files are bind-mounted read-write at their keys (resolv.conf, hosts,
 	// hostname, /dev/shm).
 	Files map[string]string
 	// ShmDir, if set, is bind-mounted at /dev/shm.
-	ShmDir string
+	ShmDir   string
+	Security Security
+	// IDMap is the mappings of the user namespace the container joins
+	// (Namespaces[user]), for its idmapped mounts.
+	IDMap *IDMap
 }
-
-// defaultCaps is the capability set kubelet expects containers to have
-// unless told otherwise (the Docker set).
-var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
 
 // Generate builds the spec.
 func Generate(in Input) (*specs.Spec, error) {
@@ -101,23 +105,17 @@ func Generate(in Input) (*specs.Spec, error) {
 		cwd = "/"
 	}
 	env := mergeEnv(img.Env, in.Env)
-	user, err := resolveUser(in.Rootfs, img.User, in.User, in.Username, in.Group)
+	user, err := resolveUser(in.Rootfs, img.User, in.User, in.Username, in.Group, in.Security.SupplementalGroups, in.Security.StrictGroups)
 	if err != nil {
 		return nil, err
 	}
-	caps := defaultCaps
-	if in.Privileged {
-		caps = allCaps()
-	}
-	caps = bounded(caps)
 	s := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: in.Hostname,
 		Root:     &specs.Root{Path: in.Rootfs, Readonly: in.ReadOnly},
 		Process: &specs.Process{
 			Args: args, Env: env, Cwd: cwd, User: user,
-			Capabilities: &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
-			OOMScoreAdj:  clampOOM(in.Resources.OOMScoreAdj),
+			OOMScoreAdj: clampOOM(in.Resources.OOMScoreAdj),
 		},
 		Annotations: in.Annotations,
 		Linux: &specs.Linux{
@@ -126,12 +124,10 @@ func Generate(in Input) (*specs.Spec, error) {
 			Resources:   resources(in),
 		},
 	}
-	if !in.Privileged {
-		s.Linux.MaskedPaths = []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-			"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"}
-		s.Linux.ReadonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+	if err := applySecurity(s, in); err != nil {
+		return nil, err
 	}
-	for _, kind := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace} {
+	for _, kind := range []specs.LinuxNamespaceType{specs.UserNamespace, specs.PIDNamespace, specs.NetworkNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.CgroupNamespace, specs.MountNamespace} {
 		path, ok := in.Namespaces[kind]
 		if kind == specs.MountNamespace {
 			ok = true
@@ -212,6 +208,46 @@ func clampOOM(want int64) *int {
 	return &v
 }
 
+// Linux is r as OCI resources (cgroup limits only, no device rules).
+func (r Resources) Linux() *specs.LinuxResources {
+	out := resources(Input{Resources: r})
+	out.Devices = nil
+	return out
+}
+
+// ResourcesFrom is the inverse of Linux for the fields Resources has.
+func ResourcesFrom(l *specs.LinuxResources) Resources {
+	var r Resources
+	if l == nil {
+		return r
+	}
+	if c := l.CPU; c != nil {
+		r.CpusetCpus, r.CpusetMems = c.Cpus, c.Mems
+		if c.Shares != nil {
+			r.CPUShares = int64(*c.Shares)
+		}
+		if c.Quota != nil {
+			r.CPUQuota = *c.Quota
+		}
+		if c.Period != nil {
+			r.CPUPeriod = int64(*c.Period)
+		}
+	}
+	if m := l.Memory; m != nil {
+		if m.Limit != nil {
+			r.MemoryLimit = *m.Limit
+		}
+		if m.Swap != nil {
+			r.MemorySwap = *m.Swap
+		}
+	}
+	for _, h := range l.HugepageLimits {
+		r.Hugepages = append(r.Hugepages, Hugepage{PageSize: h.Pagesize, Limit: h.Limit})
+	}
+	r.Unified = l.Unified
+	return r
+}
+
 func resources(in Input) *specs.LinuxResources {
 	r := &specs.LinuxResources{
 		// Deny every device but the standard set runc creates.
@@ -265,7 +301,11 @@ func baseMounts(in Input) []specs.Mount {
 		// sysfs cannot be mounted afresh outside a new network namespace.
 		ms = append(ms, specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: append([]string{"rbind"}, sysOpts...)})
 	}
-	ms = append(ms, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+	cgOpts := []string{"nosuid", "noexec", "nodev", "relatime", "ro"}
+	if in.Privileged {
+		cgOpts = cgOpts[:4]
+	}
+	ms = append(ms, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: cgOpts})
 	if in.ShmDir != "" {
 		ms = append(ms, specs.Mount{Destination: "/dev/shm", Type: "bind", Source: in.ShmDir, Options: []string{"rbind", "nosuid", "noexec", "nodev"}})
 	} else {
@@ -293,10 +333,18 @@ func baseMounts(in Input) []specs.Mount {
 		}
 		if m.Readonly {
 			opts = append(opts, "ro")
+			if m.RecursiveReadOnly {
+				opts = append(opts, "rro")
+			}
 		} else {
 			opts = append(opts, "rw")
 		}
-		ms = append(ms, specs.Mount{Destination: m.ContainerPath, Type: "bind", Source: m.HostPath, Options: opts})
+		mt := specs.Mount{Destination: m.ContainerPath, Type: "bind", Source: m.HostPath, Options: opts,
+			UIDMappings: m.UIDMappings, GIDMappings: m.GIDMappings}
+		if in.IDMap != nil && mt.UIDMappings == nil && mt.GIDMappings == nil {
+			mt.UIDMappings, mt.GIDMappings = in.IDMap.UIDs, in.IDMap.GIDs
+		}
+		ms = append(ms, mt)
 	}
 	return ms
 }
@@ -385,82 +433,4 @@ func allCaps() []string {
 		out = append(out, "CAP_"+c)
 	}
 	return out
-}
-
-// resolveUser works out uid, gid and supplementary groups from the image's
-// user string or the CRI's overrides, looking names up in the rootfs.
-func resolveUser(rootfs, imageUser string, uid *int64, username string, gid *int64) (specs.User, error) {
-	spec := imageUser
-	switch {
-	case uid != nil:
-		spec = strconv.FormatInt(*uid, 10)
-	case username != "":
-		spec = username
-	}
-	name, group, _ := strings.Cut(spec, ":")
-	u := specs.User{}
-	if name != "" {
-		if n, err := strconv.ParseUint(name, 10, 32); err == nil {
-			u.UID = uint32(n)
-			if e, ok := lookup(filepath.Join(rootfs, "etc/passwd"), "", u.UID); ok {
-				u.GID = e.gid
-			}
-		} else {
-			e, ok := lookup(filepath.Join(rootfs, "etc/passwd"), name, 0)
-			if !ok {
-				return u, fmt.Errorf("user %q: not found in the image's /etc/passwd", name)
-			}
-			u.UID, u.GID = e.uid, e.gid
-		}
-	}
-	if group != "" {
-		if n, err := strconv.ParseUint(group, 10, 32); err == nil {
-			u.GID = uint32(n)
-		} else {
-			e, ok := lookup(filepath.Join(rootfs, "etc/group"), group, 0)
-			if !ok {
-				return u, fmt.Errorf("group %q: not found in the image's /etc/group", group)
-			}
-			u.GID = e.uid
-		}
-	}
-	if gid != nil {
-		u.GID = uint32(*gid)
-	}
-	return u, nil
-}
-
-type entry struct {
-	name     string
-	uid, gid uint32
-}
-
-// lookup finds a passwd or group entry by name, or by id when name is "".
-func lookup(path, name string, id uint32) (entry, bool) {
-	f, err := os.Open(path)
-	if err != nil {
-		return entry{}, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) < 3 {
-			continue
-		}
-		n, err := strconv.ParseUint(fields[2], 10, 32)
-		if err != nil {
-			continue
-		}
-		e := entry{name: fields[0], uid: uint32(n)}
-		if len(fields) > 3 {
-			if g, err := strconv.ParseUint(fields[3], 10, 32); err == nil {
-				e.gid = uint32(g)
-			}
-		}
-		if (name != "" && e.name == name) || (name == "" && e.uid == id) {
-			return e, true
-		}
-	}
-	return entry{}, false
 }

@@ -67,7 +67,7 @@ func TestResolveUser(t *testing.T) {
 		{name: "CRI gid", image: "www-data", gid: i64(5), want: specs.User{UID: 33, GID: 5}},
 		{name: "unknown name", image: "nobody-here", fail: true},
 	} {
-		got, err := resolveUser(root, tc.image, tc.uid, tc.username, tc.gid)
+		got, err := resolveUser(root, tc.image, tc.uid, tc.username, tc.gid, nil, false)
 		if (err != nil) != tc.fail || (!tc.fail && (got.UID != tc.want.UID || got.GID != tc.want.GID)) {
 			t.Errorf("%s: %+v %v, want %+v (fail %v)", tc.name, got, err, tc.want, tc.fail)
 		}

@@ -44,8 +44,20 @@ type ContainerConfig struct {
 	RunAsName   string
 	Privileged  bool
 	ReadOnly    bool
+	Security    oci.Security `json:",omitzero"`
+	// UserImage is the image as the user named it (the CRI's
+	// user_specified_image), for status.
+	UserImage string `json:",omitempty"`
+	// PIDTarget is a container of the pod whose PID namespace this one
+	// joins (NamespaceMode TARGET).
+	PIDTarget string `json:",omitempty"`
 	// CDIDevices are fully qualified CDI device names (vendor/class=name).
 	CDIDevices []string
+	// Stdin keeps a stdin pipe open for attach; StdinOnce closes it after
+	// the first attach; TTY gives the container a pseudo-terminal.
+	Stdin     bool
+	StdinOnce bool
+	TTY       bool
 }
 
 // Container is one container of a pod.
@@ -68,6 +80,8 @@ type Container struct {
 	StopSignal string   `json:"stopSignal,omitempty"`
 	Handler    string   `json:"handler"`
 	Pid        int      `json:"pid,omitempty"`
+	// User is the identity of the first process (uid, gid, groups).
+	User *specs.User `json:"user,omitempty"`
 	// ImageVolumes are the image mounts as made (their layers are in use).
 	ImageVolumes []ImageVolume `json:"imageVolumes,omitempty"`
 	// starting is set while StartContainer runs the runtime's start.
@@ -118,17 +132,6 @@ func (m *Manager) cgroupsPath(p *Pod, id string) string {
 	return filepath.Join(parent, id)
 }
 
-// oomFile is the cgroup file whose oom_kill counter reveals an OOM kill.
-func (m *Manager) oomFile(cgroupsPath string) string {
-	if m.opt.CgroupDriver != "cgroupfs" {
-		return ""
-	}
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events")
-	}
-	return filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control")
-}
-
 // CreateContainer creates a container in a ready pod. On failure or when
 // ctx ends every step is undone and the name released.
 func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg ContainerConfig) (_ *Container, err error) {
@@ -150,6 +153,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	m.mu.Unlock()
 	if !ready {
 		return nil, fmt.Errorf("pod %s is not ready: %w", p.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := m.checkContainerSecurity(ctx, p, &cfg); err != nil {
+		return nil, err
 	}
 	if m.images == nil {
 		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
@@ -213,10 +219,15 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		m.mu.Unlock()
 		return m.store.delete(containerBucket, c.ID)
 	})
-	u.add(func(context.Context) error { return errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir)) })
+	u.add(func(context.Context) error {
+		if err := rootfs.Cleanup(c.RWDir); err != nil {
+			return err // never remove recursively through a mount
+		}
+		return errors.Join(os.RemoveAll(c.Bundle), os.RemoveAll(c.RWDir))
+	})
 	t := time.Now()
 	root := filepath.Join(c.Bundle, "rootfs")
-	if err := rootfs.Mount(layers, c.RWDir, root); err != nil {
+	if err := m.mountRootfs(p, layers, c.RWDir, root); err != nil {
 		return nil, err
 	}
 	u.add(func(context.Context) error { return rootfs.Unmount(root) })
@@ -260,7 +271,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil
 	})
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "create", ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args,
-		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath)})
+		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath), TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce})
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
@@ -268,6 +279,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	m.crashpoint("ctr-create")
 	m.mu.Lock()
 	c.Pid = rep.Pid
+	c.User = &spec.Process.User
 	c.State = Created
 	m.publishLocked(ContainerCreated, c.ID, c.PodID)
 	cp := *c
@@ -304,7 +316,17 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	if p.HostIPC {
 		in.ShmDir = "/dev/shm"
 	}
-	return oci.Generate(in)
+	if unifiedCgroups() && !c.Privileged {
+		ns[specs.CgroupNamespace] = ""
+	}
+	if err := m.securityInput(p, c, &in); err != nil {
+		return nil, err
+	}
+	spec, err := oci.Generate(in)
+	if err == nil && c.TTY {
+		withTerminal(spec)
+	}
+	return spec, err
 }
 
 // StartContainer starts a created container.
@@ -337,12 +359,13 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	m.phase("start", t)
-	// An exit already recorded (a process that ended at once) reported
-	// the start with it: see setExit.
+	// The process runs from inside `runtime start`: a short one may have
+	// ended before it returned, its exit recorded (and the start reported
+	// with it: see setExit).
+	c.StartedAt = t.UnixNano()
 	running := c.State == Created
 	if running {
 		c.State = Running
-		c.StartedAt = time.Now().UnixNano()
 		m.publishLocked(ContainerStarted, c.ID, c.PodID)
 	}
 	cp := *c
@@ -411,6 +434,9 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	c.State = Exited
 	c.FinishedAt = e.FinishedAt
 	c.ExitCode = e.Code
+	if e.Unknown {
+		c.Message = "exit status unknown: tripod-monitor was restarted while the container ran"
+	}
 	switch {
 	case e.OOMKilled:
 		c.Reason = "OOMKilled"
@@ -423,12 +449,13 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 		c.StartedAt = e.FinishedAt
 	}
 	m.publishLocked(ContainerStopped, c.ID, c.PodID)
+	stopped := m.stopping(c)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		m.log.Warn("recording exit", "container", c.ID, "err", err)
 	}
-	m.exited(c)
+	m.exited(c, stopped)
 }
 
 // Container returns a container by ID or unique prefix.
@@ -635,18 +662,25 @@ func (m *Manager) signal(ctx context.Context, c *Container, sig string, all bool
 // wait blocks until the monitor reports c's exit, then records it.
 func (m *Manager) wait(ctx context.Context, c *Container) error {
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+	if err != nil && ctx.Err() == nil {
+		// The monitor died: a new one adopts the container (or tells
+		// how it ended).
+		if _, uerr := m.monitorUp(ctx); uerr == nil {
+			rep, err = m.monitor().Call(ctx, monitor.Request{Op: "wait", ID: c.ID})
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		// The monitor lost track (it was restarted): the record on disk
-		// or the runtime's view is all there is.
+		// No monitor knows it: the record on disk or the runtime's view
+		// is all there is.
 		if e, ok := monitor.ReadExit(c.Bundle); ok {
 			m.setExit(c, e)
 			return nil
 		}
 		if !m.alive(ctx, c) {
-			m.setExit(c, monitor.Exit{Code: 255, FinishedAt: time.Now().UnixNano()})
+			m.setExit(c, monitor.Exit{Code: 255, Unknown: true, FinishedAt: time.Now().UnixNano()})
 			return nil
 		}
 		return fmt.Errorf("wait for container %s: %w", c.ID, err)
@@ -689,11 +723,19 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 // destroy releases everything a container holds; every step is
 // idempotent so it also finishes a container a crash left half made.
 func (m *Manager) destroy(ctx context.Context, c *Container) error {
-	if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
-		return err
+	// A plain delete first: runc's --force sleeps 100 ms before its first
+	// look even at a stopped container; a stopped container's leftover
+	// processes (no PID namespace of its own) are killed either way.
+	if err := m.runtime(ctx, c, "delete", c.ID); err != nil {
+		if err := m.runtime(ctx, c, "delete", "--force", c.ID); err != nil && m.alive(ctx, c) {
+			return err
+		}
 	}
 	m.monitor().Call(ctx, monitor.Request{Op: "forget", ID: c.ID})
 	if err := rootfs.Unmount(filepath.Join(c.Bundle, "rootfs")); err != nil {
+		return err
+	}
+	if err := rootfs.Cleanup(c.RWDir); err != nil {
 		return err
 	}
 	if err := m.unmountImageVolumes(c); err != nil {

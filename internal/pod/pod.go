@@ -116,6 +116,11 @@ type PodConfig struct {
 	// SharePID gives the pod one PID namespace for all its containers.
 	SharePID bool
 	Handler  string
+	// Privileged pods may run privileged containers.
+	Privileged bool `json:",omitempty"`
+	// UserNS, when set, gives the pod a user namespace with these
+	// mappings, owning its other namespaces.
+	UserNS *oci.IDMap `json:",omitempty"`
 }
 
 // Pod is a pod sandbox.
@@ -159,10 +164,12 @@ type Manager struct {
 	names      map[string]string // reserved name → id
 	podCIDR    string
 	m          coreMetrics
+	features   featureCache
 	ev         eventState
 	st         statsState
 	resMu      sync.Mutex // serialises resource updates
 	hk         hookState
+	mon        monitorState
 }
 
 type coreMetrics struct {
@@ -200,7 +207,7 @@ func New(opt Options) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{opt: opt, log: opt.Logger, store: st, pods: map[string]*Pod{}, containers: map[string]*Container{}, names: map[string]string{},
-		ev: newEventState(opt.EventBuffer)}
+		ev: newEventState(opt.EventBuffer), mon: monitorState{closed: make(chan struct{})}}
 	m.m.phase = opt.Metrics.Counter("tripod_runtime_phase_seconds_total", "Time spent in each phase of pod and container operations.", "phase")
 	m.m.phases = opt.Metrics.Counter("tripod_runtime_phases_total", "Completed phases of pod and container operations.", "phase")
 	pods, err := loadAll[Pod](st, podBucket)
@@ -227,6 +234,13 @@ func New(opt Options) (*Manager, error) {
 // Close closes the metadata store. Pods and containers keep running.
 func (m *Manager) Close() error {
 	m.ev.stopBG()
+	m.mon.mu.Lock()
+	select {
+	case <-m.mon.closed:
+	default:
+		close(m.mon.closed)
+	}
+	m.mon.mu.Unlock()
 	return m.store.db.Close()
 }
 
@@ -323,6 +337,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if _, ok := m.opt.Handlers[cfg.Handler]; !ok {
 		return nil, fmt.Errorf("runtime_handler: %q is not configured: %w", cfg.Handler, errdefs.ErrInvalidArgument)
 	}
+	if err := m.checkPodSecurity(ctx, &cfg); err != nil {
+		return nil, err
+	}
 	p := &Pod{PodConfig: cfg, ID: newID(), State: Creating, CreatedAt: time.Now().UnixNano()}
 	p.Dir = filepath.Join(m.opt.State, "pods", p.ID)
 	key := podKey(cfg.Meta)
@@ -362,6 +379,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	if cfg.SharePID && !cfg.HostPID {
 		p.Namespaces[netns.PID] = filepath.Join(nsDir, "pid")
 	}
+	if cfg.UserNS != nil {
+		p.Namespaces[userKind] = filepath.Join(nsDir, string(userKind))
+	}
 	if !cfg.HostIPC {
 		p.Shm = filepath.Join(p.Dir, "shm")
 	}
@@ -381,7 +401,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	u.add(func(context.Context) error { return m.store.delete(podBucket, p.ID) })
 
 	t = time.Now()
-	if _, err := netns.Pin(nsDir, kinds, p.hostname()); err != nil {
+	if p.UserNS != nil {
+		err = m.pinUserPod(p, kinds)
+	} else {
+		_, err = netns.Pin(nsDir, kinds, p.hostname())
+	}
+	if err != nil {
 		return nil, err
 	}
 	u.add(func(context.Context) error { return netns.Unpin(p.Namespaces) })
@@ -396,9 +421,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 		u.add(func(context.Context) error { return rootfs.Unmount(p.Shm) })
 	}
 	if pidPath, ok := p.Namespaces[netns.PID]; ok {
-		pid, err := m.startPodInit(pidPath)
-		if err != nil {
-			return nil, err
+		pid := p.InitPID // the user namespace's helper, if any
+		if pid == 0 {
+			if pid, err = m.startPodInit(pidPath); err != nil {
+				return nil, err
+			}
 		}
 		p.InitPID = pid
 		u.add(func(context.Context) error { stopPodInit(pid, pidPath); return nil })
@@ -408,6 +435,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg PodConfig) (_ *Pod, err error)
 	}
 	m.phase("netns", t)
 	if err := writePodFiles(p); err != nil {
+		return nil, err
+	}
+	if err := chownPodFiles(p); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {

@@ -1,7 +1,6 @@
 package pod
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -9,54 +8,9 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
-	"time"
 
-	"github.com/tripod-dev/tripod/internal/monitor"
 	"github.com/tripod-dev/tripod/internal/netns"
 )
-
-// ensureMonitor starts tripod-monitor unless one answers on the socket. It
-// runs in its own session so it outlives tripodd.
-func (m *Manager) ensureMonitor(ctx context.Context) error {
-	cl := m.monitor()
-	if _, err := cl.Call(ctx, monitor.Request{Op: "ping"}); err == nil {
-		return nil
-	}
-	bin, err := m.monitorBin()
-	if err != nil {
-		return err
-	}
-	logf, err := os.OpenFile(filepath.Join(m.opt.State, "monitor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("monitor log: %w", err)
-	}
-	defer logf.Close()
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	cmd := exec.Command(bin, cl.Path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return fmt.Errorf("start tripod-monitor (%s): %w", bin, err)
-	}
-	w.Close()
-	pid := cmd.Process.Pid
-	os.WriteFile(filepath.Join(m.opt.State, monitor.PIDFile), fmt.Appendf(nil, "%d\n", pid), 0o600)
-	// Reap it if it ever ends while we live; it is not ours to stop.
-	go cmd.Wait()
-	line, err := bufio.NewReader(r).ReadString('\n')
-	if err != nil || line != "ok\n" {
-		return fmt.Errorf("tripod-monitor did not start (see %s)", filepath.Join(m.opt.State, "monitor.log"))
-	}
-	m.log.Info("monitor started", "pid", pid)
-	return nil
-}
 
 func (m *Manager) monitorBin() (string, error) {
 	if m.opt.MonitorPath != "" {
@@ -97,14 +51,19 @@ func (m *Manager) startPodInit(path string) (int, error) {
 func stopPodInit(pid int, path string) {
 	if pid > 0 && netns.Same(pid, netns.PID, path) {
 		syscall.Kill(pid, syscall.SIGKILL)
+		return
 	}
+	// A crash between starting the init and recording its PID: find it
+	// by its namespace, still pinned at path.
+	killInit(path)
 }
 
 // Recover brings the manager in line with the node after a start: records
-// of unfinished creations are rolled back, exits that happened while
-// tripodd was down are recorded, pods whose namespaces are gone (a reboot)
-// are marked not ready, and CNI GC frees attachments of pods that are no
-// longer live. Containers are checked in parallel.
+// of unfinished creations are rolled back, the monitor (started if it died
+// meanwhile) adopts the live containers and reports exits that happened
+// while tripodd was down, pods whose namespaces are gone (a reboot) are
+// marked not ready, and CNI GC frees attachments of pods that are no
+// longer live. Containers are handled in parallel.
 func (m *Manager) Recover(ctx context.Context, images Images) error {
 	m.images = images
 	m.mu.Lock()
@@ -115,8 +74,6 @@ func (m *Manager) Recover(ctx context.Context, images Images) error {
 		m.ev.recovering = false
 		m.mu.Unlock()
 	}()
-	// The monitor is not started here: it starts with the first
-	// container, and recovery reads exits without it when it is gone.
 	m.mu.Lock()
 	var pods []*Pod
 	for _, p := range m.pods {
@@ -130,15 +87,35 @@ func (m *Manager) Recover(ctx context.Context, images Images) error {
 
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
+	running := 0
 	for _, c := range ctrs {
+		if c.State != Creating {
+			if c.State != Exited {
+				running++
+			}
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			m.recoverContainer(ctx, c)
+			m.log.Info("rolling back an unfinished container", "container", c.ID)
+			if err := m.destroy(ctx, c); err != nil {
+				m.log.Warn("rollback", "container", c.ID, "err", err)
+			}
 		}()
 	}
 	wg.Wait()
+	m.recoverMonitor(ctx, running > 0)
+	// Exits from now on are reported as they happen.
+	for _, c := range m.liveContainers() {
+		m.mu.Lock()
+		run := c.State == Running
+		m.mu.Unlock()
+		if run {
+			m.watchExit(c)
+		}
+	}
 	var live []string
 	var recorded [][]byte
 	for _, p := range pods {
@@ -179,35 +156,4 @@ func (m *Manager) Recover(ctx context.Context, images Images) error {
 		}
 	}
 	return nil
-}
-
-func (m *Manager) recoverContainer(ctx context.Context, c *Container) {
-	if c.State == Creating {
-		m.log.Info("rolling back an unfinished container", "container", c.ID)
-		if err := m.destroy(ctx, c); err != nil {
-			m.log.Warn("rollback", "container", c.ID, "err", err)
-		}
-		return
-	}
-	if c.State == Exited {
-		return
-	}
-	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "state", ID: c.ID})
-	switch {
-	case err == nil && rep.Known && rep.Exit != nil:
-		m.setExit(c, *rep.Exit)
-	case err == nil && rep.Known:
-		// Still running under the monitor: watch for its exit.
-		if c.State == Running {
-			m.watchExit(c)
-		}
-	default:
-		if e, ok := monitor.ReadExit(c.Bundle); ok {
-			m.setExit(c, e)
-		} else if !m.alive(ctx, c) {
-			m.setExit(c, monitor.Exit{Code: 255, FinishedAt: time.Now().UnixNano()})
-		} else if c.State == Running {
-			m.watchExit(c) // the monitor lost it: the watcher polls the runtime
-		}
-	}
 }

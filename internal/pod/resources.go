@@ -220,6 +220,19 @@ func (m *Manager) UpdateContainerResources(ctx context.Context, id string, u oci
 	if err := m.ValidateResources("linux", next); err != nil {
 		return err
 	}
+	// NRI plugins see the whole new set and may adjust it; what they
+	// return is then written in full (writing an unchanged limit again is
+	// harmless).
+	if m.hk.h != nil {
+		pc, cc := m.snapshot(p, c)
+		adj, err := m.hk.h.UpdateContainer(ctx, pc, cc, next.Linux())
+		if err != nil {
+			return fmt.Errorf("NRI UpdateContainer: %w", err)
+		}
+		u = oci.ResourcesFrom(adj)
+		u.OOMScoreAdj = next.OOMScoreAdj
+		next = merge(cur, u)
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -244,7 +257,16 @@ func (m *Manager) UpdateContainerResources(ctx context.Context, id string, u oci
 	c.Resources = next
 	cp := *c
 	m.mu.Unlock()
-	return m.store.put(containerBucket, c.ID, &cp)
+	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
+		return err
+	}
+	if m.hk.h != nil {
+		pc, cc := m.snapshot(p, c)
+		if err := m.hk.h.PostUpdateContainer(ctx, pc, cc); err != nil {
+			m.log.Warn("NRI PostUpdateContainer", "container", c.ID, "err", err)
+		}
+	}
+	return nil
 }
 
 // UpdatePodResources records a pod's overhead and the sum of its

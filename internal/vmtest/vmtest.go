@@ -81,6 +81,10 @@ type VM struct {
 	Env     map[string]string
 	// MemoryMB defaults to 512.
 	MemoryMB int
+	// TmpfsRoot makes /init copy the initramfs into a tmpfs and switch
+	// root to it first. pivot_root(2), which OCI runtimes use, cannot
+	// leave the initramfs's rootfs (it has no parent mount).
+	TmpfsRoot bool
 	// BootTimeout bounds the wait for /init to start (2 minutes when
 	// zero); a boot that stalls is retried, up to three boots in all.
 	BootTimeout time.Duration
@@ -405,8 +409,23 @@ func shellQuote(s string) string {
 func (vm *VM) initScript(modules []string) string {
 	var b strings.Builder
 	b.WriteString(`#!/bin/busybox sh
-/bin/busybox echo ` + bootMarker + `
-/bin/busybox mount -t proc proc /proc
+/bin/busybox echo ` + bootMarker + "\n")
+	if vm.TmpfsRoot {
+		// The copy doubles the memory the files take until switch_root
+		// deletes the originals.
+		b.WriteString(`if [ ! -e /.vmtest-tmpfs ]; then
+	/bin/busybox mkdir /newroot
+	/bin/busybox mount -t tmpfs -o size=90% tmpfs /newroot
+	for f in /*; do
+		case $f in /newroot|/proc|/sys|/dev) ;; *) /bin/busybox cp -a "$f" /newroot/ ;; esac
+	done
+	/bin/busybox mkdir -p /newroot/proc /newroot/sys /newroot/dev
+	/bin/busybox touch /newroot/.vmtest-tmpfs
+	exec /bin/busybox switch_root /newroot /init
+fi
+`)
+	}
+	b.WriteString(`/bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root
 mount -t sysfs sysfs /sys
@@ -508,4 +527,54 @@ func DirFiles(srcDir, dst string) ([]File, error) {
 		}
 	}
 	return files, nil
+}
+
+// RunTests boots vm (its Console, when nil, goes to t's log line by line),
+// fails t if the guest's tests did not all pass, and requires each of
+// names to have passed: a guest that silently ran nothing, or skipped, is
+// a failure too.
+func (vm *VM) RunTests(ctx context.Context, t testing.TB, workDir string, names ...string) *Result {
+	t.Helper()
+	if vm.Console == nil {
+		vm.Console = &lineLog{t: t}
+	}
+	res, err := vm.Run(ctx, workDir)
+	if err != nil {
+		tail := ""
+		if res != nil {
+			tail = res.Tail(60)
+		}
+		t.Fatalf("%v\nconsole tail:\n%s", err, tail)
+	}
+	if res.Exit != 0 {
+		t.Fatalf("in-VM tests failed (exit status %d): %v\nconsole tail:\n%s", res.Exit, res.Failures(), res.Tail(80))
+	}
+	for _, name := range names {
+		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
+			t.Errorf("%s did not pass in the VM (skipped or missing)", name)
+		}
+	}
+	return res
+}
+
+// lineLog logs the console line by line as it arrives.
+type lineLog struct {
+	t   testing.TB
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	for {
+		line, err := l.buf.ReadString('\n')
+		if err != nil {
+			l.buf.WriteString(line)
+			break
+		}
+		l.t.Log("vm: " + strings.TrimRight(line, "\r\n"))
+	}
+	return len(p), nil
 }

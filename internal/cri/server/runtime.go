@@ -20,6 +20,7 @@ type RuntimeServer struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	m       *pod.Manager
 	version string
+	streams Streams // exec, attach and port-forward URLs; see SetStreams
 }
 
 // NewRuntimeServer serves m; version is tripodd's.
@@ -44,8 +45,10 @@ func (s *RuntimeServer) Status(ctx context.Context, req *runtimeapi.StatusReques
 		{Type: runtimeapi.RuntimeReady, Status: true}, netCond}}}
 	for _, h := range s.m.Handlers() {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h,
-			Features: &runtimeapi.RuntimeHandlerFeatures{}})
+			Features: s.handlerFeatures(ctx, h)})
 	}
+	resp.RuntimeHandlers = append(resp.RuntimeHandlers, defaultHandler(ctx, s))
+	resp.Features = runtimeFeatures()
 	if req.Verbose {
 		resp.Info = map[string]string{"handlers": strings.Join(s.m.Handlers(), ","), "cgroupDriver": s.m.CgroupDriver()}
 	}
@@ -106,6 +109,9 @@ func (s *RuntimeServer) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPo
 			cfg.SharePID = ns.Pid == runtimeapi.NamespaceMode_POD
 			cfg.HostIPC = ns.Ipc == runtimeapi.NamespaceMode_NODE
 		}
+	}
+	if err := podSecurity(c.GetLinux().GetSecurityContext(), &cfg); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	p, err := s.m.RunPod(ctx, cfg)
 	if err != nil {
@@ -220,7 +226,7 @@ func podStatus(p *pod.Pod) *runtimeapi.PodSandboxStatus {
 		Id: p.ID, Metadata: podMeta(p), State: podState(p.State), CreatedAt: p.CreatedAt,
 		Labels: p.Labels, Annotations: p.Annotations, RuntimeHandler: p.Handler,
 		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: &runtimeapi.NamespaceOption{
-			Network: nsMode(p.HostNetwork), Pid: nsMode(p.HostPID), Ipc: nsMode(p.HostIPC)}}},
+			Network: nsMode(p.HostNetwork), Pid: nsMode(p.HostPID), Ipc: nsMode(p.HostIPC), UsernsOptions: usernsStatus(p)}}},
 	}
 	switch {
 	case p.HostPID:
@@ -274,7 +280,8 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 	cfg := pod.ContainerConfig{
 		Meta:  pod.Meta{Name: c.Metadata.Name, Attempt: c.Metadata.Attempt},
 		Image: c.Image.Image, Command: c.Command, Args: c.Args, WorkingDir: c.WorkingDir,
-		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath,
+		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath, UserImage: c.Image.UserSpecifiedImage,
+		Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.Tty,
 	}
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
@@ -298,7 +305,8 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 			prop = "rshared"
 		}
 		// SELinux relabelling is ignored: this runtime has no SELinux support.
-		cfg.Mounts = append(cfg.Mounts, oci.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
+		cfg.Mounts = append(cfg.Mounts, oci.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop,
+			RecursiveReadOnly: mt.RecursiveReadOnly, UIDMappings: idMaps(mt.UidMappings), GIDMappings: idMaps(mt.GidMappings)})
 	}
 	for _, d := range c.Devices {
 		cfg.Devices = append(cfg.Devices, oci.Device{HostPath: d.HostPath, ContainerPath: d.ContainerPath, Permissions: d.Permissions})
@@ -310,18 +318,8 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 		if r := l.Resources; r != nil {
 			cfg.Resources = ociResources(r)
 		}
-		if sc := l.SecurityContext; sc != nil {
-			if sc.RunAsUser != nil {
-				v := sc.RunAsUser.Value
-				cfg.RunAsUser = &v
-			}
-			if sc.RunAsGroup != nil {
-				v := sc.RunAsGroup.Value
-				cfg.RunAsGroup = &v
-			}
-			cfg.RunAsName = sc.RunAsUsername
-			cfg.Privileged = sc.Privileged
-			cfg.ReadOnly = sc.ReadonlyRootfs
+		if err := containerSecurity(l.SecurityContext, &cfg); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
 	ctr, err := s.m.CreateContainer(ctx, req.PodSandboxId, cfg)
@@ -395,9 +393,9 @@ func (s *RuntimeServer) ContainerStatus(ctx context.Context, req *runtimeapi.Con
 func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 	st := &runtimeapi.ContainerStatus{
 		Id: c.ID, Metadata: ctrMeta(c), State: ctrState(c.State), CreatedAt: c.CreatedAt, StartedAt: c.StartedAt,
-		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID,
+		FinishedAt: c.FinishedAt, ExitCode: c.ExitCode, Image: imageSpec(c), ImageRef: c.ImageID,
 		ImageId: c.ImageID, Reason: c.Reason, Message: c.Message, Labels: c.Labels, Annotations: c.Annotations, LogPath: c.FullLog,
-		Resources: criResources(c.Resources),
+		Resources: criResources(c.Resources), User: containerUser(c),
 	}
 	for _, mt := range c.Mounts {
 		prop := runtimeapi.MountPropagation_PROPAGATION_PRIVATE
@@ -407,7 +405,8 @@ func containerStatus(c *pod.Container) *runtimeapi.ContainerStatus {
 		case "rshared":
 			prop = runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL
 		}
-		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop})
+		st.Mounts = append(st.Mounts, &runtimeapi.Mount{HostPath: mt.HostPath, ContainerPath: mt.ContainerPath, Readonly: mt.Readonly, Propagation: prop,
+			RecursiveReadOnly: mt.RecursiveReadOnly})
 	}
 	st.Mounts = append(st.Mounts, imageVolumeStatus(c)...)
 	return st
@@ -434,7 +433,7 @@ func (s *RuntimeServer) ListContainers(ctx context.Context, req *runtimeapi.List
 	resp := &runtimeapi.ListContainersResponse{}
 	for _, c := range s.m.Containers(f) {
 		resp.Containers = append(resp.Containers, &runtimeapi.Container{Id: c.ID, PodSandboxId: c.PodID, Metadata: ctrMeta(c),
-			Image: &runtimeapi.ImageSpec{Image: c.Image}, ImageRef: c.ImageID, ImageId: c.ImageID, State: ctrState(c.State),
+			Image: imageSpec(c), ImageRef: c.ImageID, ImageId: c.ImageID, State: ctrState(c.State),
 			CreatedAt: c.CreatedAt, Labels: c.Labels, Annotations: c.Annotations})
 	}
 	return resp, nil
