@@ -8,11 +8,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/term"
+	"k8s.io/client-go/tools/remotecommand"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/daemonctl"
@@ -371,43 +375,96 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code
 // ExitCode is the status tripod exits with.
 func (e *exitError) ExitCode() int { return e.code }
 
-// execCmd: tripod exec [-c CONTAINER] POD -- CMD [ARG...]
+// execCmd: tripod exec [-i] [-t] [-c CONTAINER] POD -- CMD [ARG...]
 func (c *cli) execCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	var pf playFlags
 	pf.register(fs)
 	ctr := fs.String("c", "", "container (needed when the pod has several)")
-	timeout := fs.Duration("timeout", 0, "kill the command after this long (0: no limit)")
-	interactive := fs.Bool("i", false, "pass stdin (needs the CRI's streaming Exec: not yet)")
-	tty := fs.Bool("t", false, "allocate a terminal (needs the CRI's streaming Exec: not yet)")
+	timeout := fs.Duration("timeout", 0, "end the session after this long (0: no limit)")
+	interactive := fs.Bool("i", false, "pass stdin to the command")
+	tty := fs.Bool("t", false, "run the command on a terminal (stdin in raw mode when it is one)")
 	if err := fs.Parse(reorder(fs, args)); err != nil {
 		return err
-	}
-	if *interactive || *tty {
-		return errors.New("exec -i/-t needs the CRI's streaming Exec, which tripod exec does not use yet; run a non-interactive command")
 	}
 	cmd := fs.Args()
 	if len(cmd) > 1 && cmd[1] == "--" {
 		cmd = append(cmd[:1:1], cmd[2:]...)
 	}
 	if len(cmd) < 2 {
-		return errors.New("usage: tripod exec [-c CONTAINER] POD -- CMD [ARG...]")
+		return errors.New("usage: tripod exec [-i] [-t] [-c CONTAINER] POD -- CMD [ARG...]")
 	}
 	n, _, err := pf.open(ctx, os.Stderr)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	code, stdout, stderr, err := n.Exec(ctx, play.ParseKey(cmd[0]), *ctr, cmd[1:], *timeout)
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	o := play.ExecOptions{Stdout: os.Stdout, Stderr: os.Stderr, TTY: *tty}
+	if *interactive {
+		o.Stdin = os.Stdin
+	}
+	if fd := int(os.Stdin.Fd()); *tty && *interactive && term.IsTerminal(fd) {
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return err
+		}
+		defer term.Restore(fd, old)
+		q := &sizeQueue{fd: fd, ch: make(chan *remotecommand.TerminalSize, 1)}
+		stop := q.watch()
+		defer stop()
+		o.Sizes = q
+	}
+	code, err := n.Exec(ctx, play.ParseKey(cmd[0]), *ctr, cmd[1:], o)
 	if err != nil {
 		return err
 	}
-	os.Stdout.Write(stdout)
-	os.Stderr.Write(stderr)
 	if code != 0 {
-		return &exitError{int(code)}
+		return &exitError{code}
 	}
 	return nil
+}
+
+// sizeQueue feeds the local terminal's size to the session: now, and on
+// every SIGWINCH.
+type sizeQueue struct {
+	fd int
+	ch chan *remotecommand.TerminalSize
+}
+
+func (q *sizeQueue) Next() *remotecommand.TerminalSize { return <-q.ch }
+
+func (q *sizeQueue) watch() (stop func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGWINCH)
+	done := make(chan struct{})
+	send := func() {
+		if w, h, err := term.GetSize(q.fd); err == nil {
+			select {
+			case q.ch <- &remotecommand.TerminalSize{Width: uint16(w), Height: uint16(h)}:
+			default:
+			}
+		}
+	}
+	send()
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-sig:
+				send()
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(done)
+	}
 }
 
 // deleteCmd: tripod delete [--claims] POD... | -f FILE | --all

@@ -127,6 +127,23 @@ func (e *playEnv) play(cmd string, args ...string) (string, error) {
 	return e.tripod(append(append([]string{cmd}, e.playArgs()...), args...)...)
 }
 
+// playIn runs a pod command with stdin.
+func (e *playEnv) playIn(t *testing.T, stdin, cmd string, args ...string) string {
+	t.Helper()
+	var out []byte
+	err := e.ns.Try(func() error {
+		c := exec.Command(tripod, append(append([]string{cmd}, e.playArgs()...), args...)...)
+		c.Stdin = strings.NewReader(stdin)
+		var err error
+		out, err = c.CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("tripod %s %v: %v\n%s", cmd, args, err, out)
+	}
+	return string(out)
+}
+
 func (e *playEnv) playMust(t *testing.T, cmd string, args ...string) string {
 	t.Helper()
 	out, err := e.play(cmd, args...)
@@ -385,6 +402,13 @@ func TestPlay(t *testing.T) {
 		if out, err := e.play("exec", "web", "-c", "page", "--", "true"); err == nil || !strings.Contains(out, "not running") {
 			t.Errorf("exec into the exited init container: %v %q", err, out)
 		}
+		// Through the CRI's streaming Exec: stdin, and a terminal.
+		if out := e.playIn(t, "to stdin\n", "exec", "-i", "web", "--", "sh", "-c", "read l; echo got $l; echo err >&2"); !strings.Contains(out, "got to stdin\n") || !strings.Contains(out, "err\n") {
+			t.Errorf("exec -i: %q", out)
+		}
+		if out := e.playIn(t, "", "exec", "-t", "web", "--", "tty"); !strings.HasPrefix(out, "/dev/pts/") {
+			t.Errorf("exec -t: %q", out)
+		}
 
 		start = time.Now()
 		e.playMust(t, "delete", "web")
@@ -589,10 +613,19 @@ func TestPlay(t *testing.T) {
     runAsUser: 1000
     runAsGroup: 3000
     fsGroup: 2000
+    supplementalGroups: [4000]
+    seccompProfile: {type: RuntimeDefault}
   containers:
+  - name: caps
+    image: docker.io/library/busybox:1.37
+    command: ["sh", "-c", "grep -E 'CapEff|NoNewPrivs|Seccomp:' /proc/self/status; sleep 3600"]
+    securityContext:
+      runAsUser: 0
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
   - name: c
     image: docker.io/library/busybox:1.37
-    command: ["sh", "-c", "id; stat -c '%%n %%g %%a' /scratch /data; echo '$(GREETING)'; grep db.example /etc/hosts; grep -v '^#' /etc/resolv.conf; ls /img/bin/busybox; cat /sub/file; sleep 3600"]
+    command: ["sh", "-c", "id; stat -c '%%n %%g %%a' /scratch /data; touch /data/written && echo data writable; echo '$(GREETING)'; grep db.example /etc/hosts; grep -v '^#' /etc/resolv.conf; ls /img/bin/busybox; cat /sub/file; sleep 3600"]
     env:
     - {name: NAME, value: world}
     - {name: GREETING, value: "hello $(NAME), $$(NAME) kept"}
@@ -617,12 +650,20 @@ func TestPlay(t *testing.T) {
 		var out string
 		for i := 0; i < 100 && !strings.Contains(out, "from the host"); i++ {
 			time.Sleep(100 * time.Millisecond)
-			out, _ = e.play("logs", "secure")
+			out, _ = e.play("logs", "secure", "-c", "c")
 		}
-		for _, want := range []string{"uid=1000 gid=3000", "/scratch 2000 2777", "/data 2000 2775", "hello world, $(NAME) kept",
+		// fsGroup and supplementalGroups are the process's groups, and
+		// fsGroup owns the volumes, so uid 1000 writes the claim.
+		for _, want := range []string{"uid=1000 gid=3000 groups=2000,3000,4000", "/scratch 2000 2777", "/data 2000 2775", "data writable", "hello world, $(NAME) kept",
 			"10.1.2.3\tdb.example", "nameserver 10.0.0.10", "search example.local", "/img/bin/busybox", "from the host"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("the container's output lacks %q:\n%s", want, out)
+			}
+		}
+		caps := e.playMust(t, "logs", "secure", "-c", "caps")
+		for _, want := range []string{"CapEff:\t0000000000000400", "NoNewPrivs:\t1", "Seccomp:\t2"} {
+			if !strings.Contains(caps, want) {
+				t.Errorf("capabilities, no_new_privs, seccomp: lacks %q:\n%s", want, caps)
 			}
 		}
 		ps := e.ps(t)

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -203,23 +201,6 @@ func (n *Node) container(ctx context.Context, key, name string, previous bool) (
 		return "", fmt.Errorf("container %s of pod %s has not been created yet", name, key)
 	}
 	return list[i].Id, nil
-}
-
-// Exec runs a command in a container (CRI ExecSync) and returns its exit
-// code and output. timeout 0 means none.
-func (n *Node) Exec(ctx context.Context, key, name string, cmd []string, timeout time.Duration) (int32, []byte, []byte, error) {
-	id, err := n.container(ctx, key, name, false)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	resp, err := n.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: int64(timeout / time.Second)})
-	if err != nil {
-		if status.Code(err) == codes.FailedPrecondition {
-			return 0, nil, nil, fmt.Errorf("container is not running: %s", status.Convert(err).Message())
-		}
-		return 0, nil, nil, fmt.Errorf("ExecSync: %w", err)
-	}
-	return resp.ExitCode, resp.Stdout, resp.Stderr, nil
 }
 
 // Logs writes a container's log, the CRI prefix (time, stream, tag)
