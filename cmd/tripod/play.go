@@ -31,7 +31,11 @@ type playFlags struct {
 	dir string
 }
 
-func (f *playFlags) register(fs *flag.FlagSet) {
+func (f *playFlags) register(fs *flag.FlagSet, synopsis string) {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: %s\n", synopsis)
+		fs.PrintDefaults()
+	}
 	f.stackFlags.register(fs, false)
 	fs.StringVar(&f.dir, "play-dir", "", "tripod play's state: played pods, their volumes, claims' staging (default <root>/play)")
 }
@@ -120,7 +124,7 @@ func loadManifests(files []string) ([]*play.Pod, string, error) {
 func (c *cli) playCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("play", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod play [-d] [flags] FILE...\n\nRuns the Kubernetes v1 Pods of the manifests (- is stdin). In the foreground it supervises\nthem (restarts, probes) until Ctrl-C, which deletes them (claims are kept), or until they all\ncomplete. With -d it starts them, leaves them to the background supervisor, and returns.")
 	detach := fs.Bool("d", false, "start the pods, leave them to the background supervisor, and return")
 	if err := fs.Parse(reorder(fs, args)); err != nil {
 		return err
@@ -222,7 +226,7 @@ func (c *cli) ensureSupervisor(pf playFlags, dir string) (int, error) {
 func (c *cli) supervise(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("supervise", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod supervise [flags]\n\nThe background supervisor of played pods (tripod play -d and tripod up start it).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -243,7 +247,7 @@ func (c *cli) supervise(ctx context.Context, args []string) error {
 func (c *cli) ps(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("ps", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod ps [-o json] [flags]")
 	format := fs.String("o", "", "json: print the status as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -349,7 +353,7 @@ func age(t time.Time) string {
 func (c *cli) logs(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod logs [-f] [-p] [-c CONTAINER] [flags] POD")
 	follow := fs.Bool("f", false, "follow the log until the container exits")
 	previous := fs.Bool("p", false, "the previous instance of the container (before its last restart)")
 	ctr := fs.String("c", "", "container (needed when the pod has several)")
@@ -379,7 +383,7 @@ func (e *exitError) ExitCode() int { return e.code }
 func (c *cli) execCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod exec [-i] [-t] [-c CONTAINER] [flags] POD -- CMD [ARG...]")
 	ctr := fs.String("c", "", "container (needed when the pod has several)")
 	timeout := fs.Duration("timeout", 0, "end the session after this long (0: no limit)")
 	interactive := fs.Bool("i", false, "pass stdin to the command")
@@ -471,7 +475,7 @@ func (q *sizeQueue) watch() (stop func()) {
 func (c *cli) deleteCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("delete", flag.ContinueOnError)
 	var pf playFlags
-	pf.register(fs)
+	pf.register(fs, "tripod delete [--claims] [flags] POD... | -f FILE | --all")
 	claims := fs.Bool("claims", false, "also delete the pods' claims (their volumes and data), unless another pod uses them")
 	file := fs.String("f", "", "delete the pods of this manifest (with --claims, its claims even when the pods are gone)")
 	all := fs.Bool("all", false, "every played pod (with --claims, every claim)")

@@ -339,7 +339,7 @@ func (e *playEnv) writeManifest(t *testing.T, name, body string) string {
 
 // pod is a manifest of one busybox pod.
 func pod(name, restart, spec string) string {
-	return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\nspec:\n  restartPolicy: %s\n  terminationGracePeriodSeconds: 2\n%s", name, restart, spec)
+	return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\nspec:\n  restartPolicy: %s\n  terminationGracePeriodSeconds: 3\n%s", name, restart, spec)
 }
 
 // TestPlay plays the examples and more on one node stack: the web server
@@ -734,6 +734,40 @@ func TestPlay(t *testing.T) {
 			t.Errorf("sandboxes: %v", s)
 		}
 		e.playMust(t, "delete", "--claims", "stalled")
+		e.nothingPlayed(t)
+	})
+
+	t.Run("killed while deleting", func(t *testing.T) {
+		// sleep as PID 1 ignores SIGTERM: the deletion waits out the grace
+		// period in StopContainer, and is killed there.
+		f := e.writeManifest(t, "stubborn", pod("stubborn", "Always", `  containers:
+  - name: c
+    image: docker.io/library/busybox:1.37
+    command: ["sleep", "3600"]
+    volumeMounts:
+    - {name: mem, mountPath: /mem}
+  volumes:
+  - name: mem
+    emptyDir: {medium: Memory}
+`))
+		e.playMust(t, "play", "-d", f)
+		e.waitPS(t, "stubborn running", time.Minute, func(ps psOut) bool {
+			p := ps.pod("stubborn")
+			return p != nil && container(p, "c").State == "Running"
+		})
+		cmd := exec.Command(tripod, append(append([]string{"delete"}, e.playArgs()...), "stubborn")...)
+		e.ns.Do(t, cmd.Start)
+		e.waitPS(t, "stubborn deleting", time.Minute, func(ps psOut) bool {
+			p := ps.pod("stubborn")
+			return p != nil && p.Phase == "Deleting"
+		})
+		cmd.Process.Kill()
+		cmd.Wait()
+		// The background supervisor finishes a deletion whose process died.
+		e.waitPS(t, "the deletion finished", time.Minute, func(ps psOut) bool { return ps.pod("stubborn") == nil })
+		if log, _ := os.ReadFile(e.p("root/play/supervisor.log")); !strings.Contains(string(log), "default/stubborn: finishing the interrupted deletion") {
+			t.Errorf("supervisor.log:\n%s", log)
+		}
 		e.nothingPlayed(t)
 	})
 
