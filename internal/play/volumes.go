@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -723,32 +724,12 @@ func mountsUnder(dir string) ([]string, error) {
 		if len(fs) < 5 {
 			continue
 		}
-		mp := unescapeMount(fs[4])
+		mp := mountinfo.Unescape(fs[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
 			out = append(out, mp)
 		}
 	}
 	return out, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // removeTree removes a pod's directory, but never through a mount: a
