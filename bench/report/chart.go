@@ -100,9 +100,9 @@ func chartRows(ls []loaded) []chartRow {
 const (
 	lo, hi   = 0.001, 10.0
 	width    = 1640
-	labelW   = 500 // row labels, right-aligned
+	labelW   = 540 // row labels, right-aligned
 	plotX    = labelW + 20
-	plotW    = 680
+	plotW    = 660
 	valueX   = plotX + plotW + 16
 	barH     = 12
 	barGap   = 3

@@ -184,13 +184,23 @@ func markdown(ls []loaded, host, pngName string) string {
 			}
 			w(".\n\n")
 		}
-		anchors := r.Columns[min(1, len(r.Columns)):]
+		// A ratio column for each anchor measured in this run (a column
+		// of recorded figures has none).
+		var anchors []int
+		for j := 1; j < len(r.Columns); j++ {
+			for _, row := range r.Rows {
+				if _, ok := row.Ratio(j); ok {
+					anchors = append(anchors, j)
+					break
+				}
+			}
+		}
 		w("| metric |")
 		for _, c := range r.Columns {
 			w(" %s |", esc(c))
 		}
-		for _, c := range anchors {
-			w(" tripod/%s |", esc(c))
+		for _, j := range anchors {
+			w(" tripod/%s |", esc(r.Columns[j]))
 		}
 		w(" target |\n|---|")
 		for range len(r.Columns) + len(anchors) {
@@ -206,10 +216,10 @@ func markdown(ls []loaded, host, pngName string) string {
 				}
 				w(" %s |", esc(v.Format(row.Unit)))
 			}
-			for j := range anchors {
-				if x, ok := row.Ratio(j + 1); ok {
+			for _, j := range anchors {
+				if x, ok := row.Ratio(j); ok {
 					s := benchutil.FormatRatio(x)
-					if j == 0 && row.Target != 0 {
+					if j == 1 && row.Target != 0 {
 						if row.Met(x) {
 							s = "**" + s + "** ✓"
 						} else {
