@@ -85,7 +85,11 @@ func missingText(s section, in string) string {
 	if s.bench == "play" {
 		return "not measured (tripod play not on main yet)"
 	}
-	return fmt.Sprintf("no results: %s wrote no %s.json (its output is in %s)", s.command, s.bench, filepath.Join(in, s.bench+".log"))
+	log := filepath.Join(in, s.bench+".log")
+	if _, err := os.Stat(log); err != nil {
+		return fmt.Sprintf("not run: no %s.json and no %s.log in %s", s.bench, s.bench, in)
+	}
+	return fmt.Sprintf("no results: %s wrote no %s.json (its output is in %s)", s.command, s.bench, log)
 }
 
 // hostFacts describes the machine the numbers come from.

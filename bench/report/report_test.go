@@ -23,7 +23,7 @@ func sample() []loaded {
 	}}
 	return []loaded{
 		{section: sections[0], res: cri},
-		{section: sections[1], missing: missingText(sections[1], "out")},
+		{section: sections[1], missing: "no results: make bench-cni wrote no cni.json (its output is in out/cni.log)"},
 		{section: sections[3], res: csi},
 		{section: sections[4], missing: missingText(sections[4], "out")},
 	}
@@ -145,6 +145,9 @@ func TestRun(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(in, "images.json"), []byte("{not json"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(in, "csi.log"), []byte("bench-csi: needs root\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out := t.TempDir()
 	md, pngPath := filepath.Join(out, "report.md"), filepath.Join(out, "chart.png")
 	if err := run(in, md, pngPath, "v1-test"); err != nil {
@@ -154,7 +157,9 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"source v1-test", "](chart.png)", "ExecSync p50", "unreadable results:"} {
+	for _, want := range []string{"source v1-test", "](chart.png)", "ExecSync p50", "unreadable results:",
+		"not run: no cni.json and no cni.log", "no results: make bench-csi wrote no csi.json (its output is in " + filepath.Join(in, "csi.log"),
+		"not measured (tripod play not on main yet)"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("report lacks %q", want)
 		}
