@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type execResults struct {
 	execPerSec                 float64
 	execSyncNote               string
 	sessionRSSKB, sessionPSSKB float64
+	sessionDaemonKB            float64 // the daemon's part of sessionRSSKB
 	sessionNote                string
 }
 
@@ -49,6 +51,22 @@ func benchExec(ctx context.Context, rt runtimeapi.RuntimeServiceClient, kind str
 	if len(ctrs) == 0 {
 		return x, errors.New("no running container")
 	}
+	// The idle sessions first, while the daemons are quiet: after the
+	// ExecSync burst their heaps shrink for a while, which would hide
+	// what the sessions add.
+	m, err := idleSessions(ctx, rt, kind, d, ctrs[0], o.sessions)
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		x.sessionNote = "n/a (Exec unimplemented)"
+	case err != nil:
+		// A broken session is a finding, not a reason to lose the run's
+		// other figures.
+		fmt.Fprintf(os.Stderr, "bench-cri: idle exec session: %v\n", err)
+		x.sessionNote = "failed: " + firstLine(err.Error())
+	default:
+		x.sessionRSSKB, x.sessionPSSKB, x.sessionDaemonKB = m.rss, m.pss, m.daemon
+	}
+
 	x.ctrStats, x.ctrStatsNote = timeStats(o.statsCalls, len(ctrs), func() (int, error) {
 		r, err := rt.ListContainerStats(ctx, &runtimeapi.ListContainerStatsRequest{})
 		return len(r.GetStats()), err
@@ -107,19 +125,6 @@ func benchExec(ctx context.Context, rt runtimeapi.RuntimeServiceClient, kind str
 			return x, fmt.Errorf("concurrent ExecSync: %w", err)
 		}
 		x.execPerSec = float64(done.Load()) / time.Since(t0).Seconds()
-	}
-
-	rss, pss, err := idleSessions(ctx, rt, kind, d, ctrs[0], o.sessions)
-	switch {
-	case status.Code(err) == codes.Unimplemented:
-		x.sessionNote = "n/a (Exec unimplemented)"
-	case err != nil:
-		// A broken session is a finding, not a reason to lose the run's
-		// other figures.
-		fmt.Fprintf(os.Stderr, "bench-cri: idle exec session: %v\n", err)
-		x.sessionNote = "failed: " + firstLine(err.Error())
-	default:
-		x.sessionRSSKB, x.sessionPSSKB = rss, pss
 	}
 	return x, nil
 }
@@ -215,22 +220,25 @@ func (s *session) close() error {
 	}
 }
 
+// perSession is what one idle session adds, in kB.
+type perSession struct{ rss, pss, daemon float64 }
+
 // idleSessions opens n idle sessions in ctr and returns the memory (kB
 // per session) that the runtime's own processes gained: the daemon, its
 // monitor or shims, and any process they started outside the containers
 // (a runc exec that stays). The shells themselves are the containers'.
-func idleSessions(ctx context.Context, rt runtimeapi.RuntimeServiceClient, kind string, d *daemon, ctr string, n int) (rssKB, pssKB float64, err error) {
+func idleSessions(ctx context.Context, rt runtimeapi.RuntimeServiceClient, kind string, d *daemon, ctr string, n int) (perSession, error) {
 	// Warm-up: the first session pays for the streaming server's start
 	// and its code paging in, once per runtime, not per session.
 	s, err := openSession(ctx, rt, ctr)
 	if err != nil {
-		return 0, 0, err
+		return perSession{}, err
 	}
 	if err := s.close(); err != nil {
-		return 0, 0, err
+		return perSession{}, err
 	}
-	time.Sleep(2 * time.Second)
-	before := runtimeMemory(kind, d)
+	time.Sleep(3 * time.Second)
+	before := settledMemory(kind, d)
 	var open []*session
 	defer func() {
 		for _, s := range open {
@@ -240,19 +248,23 @@ func idleSessions(ctx context.Context, rt runtimeapi.RuntimeServiceClient, kind 
 	for range n {
 		s, err := openSession(ctx, rt, ctr)
 		if err != nil {
-			return 0, 0, err
+			return perSession{}, err
 		}
 		open = append(open, s)
 	}
-	time.Sleep(2 * time.Second)
-	after := runtimeMemory(kind, d)
+	time.Sleep(3 * time.Second)
+	after := settledMemory(kind, d)
 	for _, s := range open {
 		if err := s.close(); err != nil {
-			return 0, 0, err
+			return perSession{}, err
 		}
 	}
 	open = nil
-	return float64(after.rss-before.rss) / float64(n), float64(after.pss-before.pss) / float64(n), nil
+	return perSession{
+		rss:    float64(after.rss-before.rss) / float64(n),
+		pss:    float64(after.pss-before.pss) / float64(n),
+		daemon: float64(after.daemonRSS-before.daemonRSS) / float64(n),
+	}, nil
 }
 
 // lineWaiter collects a stream's output and tells when a string shows up.
@@ -295,6 +307,23 @@ func (w *lineWaiter) String() string {
 	return w.buf.String()
 }
 
+// settledMemory is the median of a few samples of runtimeMemory, half a
+// second apart: one sample can catch a collection in the middle.
+func settledMemory(kind string, d *daemon) mem {
+	var rs, ps, ds []int64
+	for i := range 5 {
+		if i > 0 {
+			time.Sleep(500 * time.Millisecond)
+		}
+		m := runtimeMemory(kind, d)
+		rs, ps, ds = append(rs, m.rss), append(ps, m.pss), append(ds, m.daemonRSS)
+	}
+	slices.Sort(rs)
+	slices.Sort(ps)
+	slices.Sort(ds)
+	return mem{rss: rs[len(rs)/2], pss: ps[len(ps)/2], daemonRSS: ds[len(ds)/2]}
+}
+
 // runtimeMemory sums RSS and PSS of the runtime's own processes: the
 // daemon, its helpers (see helperMemory) and their descendants that are
 // not in the pods' cgroups.
@@ -332,6 +361,7 @@ func runtimeMemory(kind string, d *daemon) mem {
 		m.rss += r
 		m.pss += ps
 	}
+	m.daemonRSS, _ = smaps(d.cmd.Process.Pid)
 	return m
 }
 

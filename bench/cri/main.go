@@ -50,7 +50,7 @@ func main() {
 	flag.IntVar(&o.n, "exec", 200, "sequential ExecSync calls into one container")
 	flag.IntVar(&o.containers, "exec-containers", 10, "containers (one caller each) for exec sessions per second")
 	flag.DurationVar(&o.dur, "exec-time", 10*time.Second, "how long the concurrent ExecSync callers run")
-	flag.IntVar(&o.sessions, "sessions", 10, "idle interactive exec sessions held open for the memory figure")
+	flag.IntVar(&o.sessions, "sessions", 30, "idle interactive exec sessions held open for the memory figure (enough that their cost outweighs the daemons' heap noise)")
 	flag.IntVar(&o.statsCalls, "stats-calls", 20, "calls of each stats RPC")
 	only := flag.String("only", "", "run only the runtimes whose column name contains this (tripod is always run)")
 	withCritest := flag.Bool("critest", true, "run critest -benchmark too")
@@ -437,7 +437,10 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int,
 	return res, nil
 }
 
-type mem struct{ rss, pss int64 }
+type mem struct {
+	rss, pss  int64
+	daemonRSS int64 // runtimeMemory: the daemon's share of rss
+}
 
 type proc struct {
 	pid, ppid int
@@ -612,6 +615,12 @@ func report(all []results, seq, conc, held int, o execOpts) benchutil.Result {
 			return benchutil.NA(r.x.sessionNote)
 		}
 		return num(r.x.sessionPSSKB)
+	})
+	row("idle exec session: RSS added, of which the daemon's", "kB", 0, 0, func(r results) benchutil.Value {
+		if r.x.sessionNote != "" {
+			return benchutil.NA(r.x.sessionNote)
+		}
+		return num(r.x.sessionDaemonKB)
 	})
 	if all[0].critest != nil {
 		for _, op := range append(critestOps, struct{ file, op string }{"", podContainerOp}) {
