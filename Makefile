@@ -27,6 +27,11 @@ APT_PACKAGES += criu
 APT_PACKAGES += procps
 # systemd-analyze verifies the systemd units make install writes.
 APT_PACKAGES += systemd
+# The kubelet e2e (e2e/kubelet) runs Debian's etcd, and Kubernetes
+# components built from the Go module proxy through the wrapper module
+# e2e/k8sbuild into .tools/k8s/<version> (build.sh skips a build it already
+# made from the same go.mod/go.sum).
+APT_PACKAGES += etcd-server
 
 # Go tools, pinned.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -62,7 +67,7 @@ INSTALL_CRICTL ?= $(TOOLS)/crictl
 INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBEXECDIR='$(LIBEXECDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
 	CNIBINDIR='$(CNIBINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' RUNC='$(INSTALL_RUNC)' CRICTL='$(INSTALL_CRICTL)'
 
-.PHONY: all build deps apt-deps go-tools bench-deps lint test test-go bench bench-report bench-cni bench-images bench-csi bench-cri up install uninstall install-cni clean
+.PHONY: all build deps apt-deps go-tools k8s-tools bench-deps lint test test-go bench bench-report bench-cni bench-images bench-csi bench-cri up install uninstall install-cni clean
 
 all: build
 
@@ -75,7 +80,10 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/tripod-csi ./cmd/tripod-csi
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod-monitor ./cmd/tripod-monitor
 
-deps: apt-deps go-tools
+deps: apt-deps go-tools k8s-tools
+
+k8s-tools:
+	GO=$(GO) e2e/k8sbuild/build.sh
 
 apt-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -120,7 +128,7 @@ $(TOOLS)/reference/bridge:
 	GOBIN=$(TOOLS)/reference CGO_ENABLED=0 $(GO) install $(foreach p,$(REFERENCE_PLUGINS),github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$(p)),ipam,$(if $(filter portmap tuning bandwidth firewall,$(p)),meta,main))/$(p)@$(REFERENCE_PLUGINS_VERSION))
 
 lint:
-	@out=$$(gofmt -l cmd internal); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal e2e bench deploy); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
 	@# Every pod start execs the plugins: keep net/http (and its ~1 ms of

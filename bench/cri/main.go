@@ -39,6 +39,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"github.com/tripod-dev/tripod/internal/image/imagetest"
 )
 
@@ -231,10 +232,8 @@ func startTripod(dir, regHost string) (*daemon, error) {
 		"--listen", "unix://"+sock, "--cni-conf-dir", conf, "--cni-bin-dir", cniBin, "--registry-hosts-dir", hosts, "--log-level", "warn")
 	d := &daemon{cmd: cmd, sock: sock, dir: dir}
 	d.stop = func() {
-		if b, err := os.ReadFile(filepath.Join(dir, "state", "runtime", "monitor.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pid, err := daemonctl.ReadPIDFile(filepath.Join(dir, "state", "runtime", "monitor.pid")); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		exec.Command("ip", "link", "del", "tpbenchbr0").Run()
 	}

@@ -120,4 +120,6 @@ var errUsage = errors.New(`usage: tripod [--endpoint unix:///run/tripod/tripod.s
   status [flags]             say what is running
   cni install [flags]        install the CNI plugins and a default network config
   images pull|ls|import|export ARGS
+  play [-d] FILE...          run Kubernetes v1 Pod manifests (foreground until Ctrl-C; -d: in the background)
+  ps | logs [-f] POD | exec POD -- CMD | delete [--claims] POD...
 Run tripod COMMAND -h for a command's flags`)

@@ -51,6 +51,11 @@ func (c *cli) down(ctx context.Context, args []string) error {
 		return s.stopIdleMonitor(ctx, *grace)
 	}
 	left := -1
+	if cri != nil && *pods {
+		if err := deletePlayed(ctx, s); err != nil {
+			return err
+		}
+	}
 	if cri != nil {
 		defer cri.Close()
 		n, err := podsOnDown(ctx, criD.endpoint, *pods)

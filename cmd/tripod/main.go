@@ -6,6 +6,15 @@
 //	tripod status [flags]
 //	tripod cni install [flags]     the CNI plugins and default network alone (deploy/cni, make install)
 //
+// Pods from Kubernetes manifests (a one-node kubelet, internal/play):
+//
+//	tripod play [-d] FILE...       run v1 Pods; in the foreground until Ctrl-C (which deletes them)
+//	tripod ps [-o json]            played pods, their containers and claims
+//	tripod logs [-f] [-p] [-c C] POD
+//	tripod exec [-c C] POD -- CMD...
+//	tripod delete [--claims] POD... | -f FILE | --all
+//	tripod supervise               the background supervisor play -d starts
+//
 // Image commands:
 //
 //	tripod images pull [--creds USER:PASS] REF     pull through the CRI, showing progress
@@ -53,6 +62,10 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		os.Exit(ec.ExitCode()) // tripod exec: the command's status
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tripod:", err)
 		os.Exit(1)
@@ -83,6 +96,18 @@ func run(ctx context.Context, args []string) error {
 		return c.down(ctx, rest[1:])
 	case rest[0] == "status":
 		return c.status(ctx, rest[1:])
+	case rest[0] == "play":
+		return c.playCmd(ctx, rest[1:])
+	case rest[0] == "supervise":
+		return c.supervise(ctx, rest[1:])
+	case rest[0] == "ps":
+		return c.ps(ctx, rest[1:])
+	case rest[0] == "logs":
+		return c.logs(ctx, rest[1:])
+	case rest[0] == "exec":
+		return c.execCmd(ctx, rest[1:])
+	case rest[0] == "delete":
+		return c.deleteCmd(ctx, rest[1:])
 	case rest[0] == "cni" && len(rest) > 1 && rest[1] == "install":
 		return c.cniInstall(ctx, rest[2:])
 	case rest[0] != "images" || len(rest) < 2:
@@ -140,11 +165,25 @@ func (c *cli) pull(ctx context.Context, args []string) error {
 		u, p, _ := strings.Cut(*creds, ":")
 		req.Auth = &runtimeapi.AuthConfig{Username: u, Password: p}
 	}
+	start := time.Now()
+	resp, err := pullShowing(ctx, c.admin, client, req, want)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "pulled %s in %.1fs\n", ref, time.Since(start).Seconds())
+	fmt.Println(resp.ImageRef)
+	return nil
+}
+
+// pullShowing runs a CRI PullImage and, meanwhile, a progress bar fed by
+// tripodd's admin socket (the CRI reports no progress). want is the image
+// as tripodd names it in its progress list. Without the admin socket (not
+// root, say) the pull runs without a bar.
+func pullShowing(ctx context.Context, admin string, client runtimeapi.ImageServiceClient, req *runtimeapi.PullImageRequest, want string) (*runtimeapi.PullImageResponse, error) {
 	done := make(chan struct{})
 	bar := newBar(os.Stderr)
+	c := &cli{admin: admin}
 	go func() {
-		// Progress comes from the admin socket; without it (not root,
-		// say) the pull simply runs without a bar.
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		hc := c.http()
@@ -160,21 +199,15 @@ func (c *cli) pull(ctx context.Context, args []string) error {
 			}
 			for _, p := range ps {
 				if p.Image == want {
-					bar.show(fmt.Sprintf("%d/%d layers", p.DoneLayers, p.TotalLayers), p.DoneBytes, p.TotalBytes, p.Started)
+					bar.show(fmt.Sprintf("%s %d/%d layers", want, p.DoneLayers, p.TotalLayers), p.DoneBytes, p.TotalBytes, p.Started)
 				}
 			}
 		}
 	}()
-	start := time.Now()
 	resp, err := client.PullImage(ctx, req)
 	close(done)
 	bar.clear()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "pulled %s in %.1fs\n", ref, time.Since(start).Seconds())
-	fmt.Println(resp.ImageRef)
-	return nil
+	return resp, err
 }
 
 func (c *cli) pulls(ctx context.Context, hc *http.Client) ([]adminapi.Progress, error) {

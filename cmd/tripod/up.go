@@ -66,7 +66,10 @@ func (c *cli) up(ctx context.Context, args []string) error {
 		return err
 	}
 	defer unlock()
-	return s.up(ctx, o)
+	if err := s.up(ctx, o); err != nil {
+		return err
+	}
+	return c.resumePlayed(ctx, s, sf)
 }
 
 // daemon is one of the two daemons of the stack, as configured.
@@ -492,6 +495,7 @@ func (s *stack) report(o upOptions, started []*daemonctl.Started, netNote string
 		{crictl + " info", note},
 		{crictl + " pull busybox", "then crictl runp/create/start, or kubelet:"},
 		{"kubelet --container-runtime-endpoint=" + listen, "with cgroupDriver: " + s.cri.Runtime.CgroupDriver},
+		{"tripod play examples/web.yaml", "or run Kubernetes Pod manifests here (tripod ps, logs, exec, delete)"},
 		{down, "stops both; containers keep running (--pods stops and removes them first)"},
 	} {
 		if l[1] == "" {

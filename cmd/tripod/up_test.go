@@ -131,7 +131,12 @@ func (e *upEnv) pid(file string) int {
 	if err != nil {
 		return 0
 	}
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	// "<pid> <start ticks>"
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
 	return n
 }
 

@@ -21,7 +21,6 @@ type critestSkip struct{ pattern, reason string }
 // that cannot pass on this machine. Drop a line when its area lands.
 func critestSkips() []critestSkip {
 	return []critestSkip{
-		{`Streaming`, "issue 6 streaming: exec, attach and port-forward through the streaming server"},
 		{`public image with digest`, "pulls an upstream digest that cannot be rebuilt offline"},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"io"
 	"net"
 	"net/http"
@@ -117,10 +118,8 @@ func newPodEnvWith(t *testing.T, bin string, setup func(*podEnv, *imagetest.Regi
 	t.Cleanup(func() {
 		// After the daemon and the pods: the monitor, the bridge, the
 		// cgroup parents (each by name, all unique to this test).
-		if b, err := os.ReadFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pid, err := daemonctl.ReadPIDFile(filepath.Join(e.n.state, "runtime", monitor.PIDFile)); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if l, err := netlink.LinkByName(e.tag + "br"); err == nil {
 			netlink.LinkDel(l)

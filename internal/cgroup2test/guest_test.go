@@ -3,6 +3,7 @@ package cgroup2test_test
 import (
 	"context"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"net"
 	"os"
 	"os/exec"
@@ -124,10 +125,8 @@ func newGuestEnv(t *testing.T) *guestEnv {
 		e.daemon.Process.Signal(syscall.SIGKILL)
 		<-e.daemonExited
 		// The node's monitor, by the PID tripodd recorded.
-		if b, err := os.ReadFile(filepath.Join(e.state, "runtime", monitor.PIDFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if pid, err := daemonctl.ReadPIDFile(filepath.Join(e.state, "runtime", monitor.PIDFile)); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
@@ -384,11 +383,10 @@ func TestGuestMonitorDeath(t *testing.T) {
 	logPath := filepath.Join(e.logDir, "md", "ticker.log")
 	waitLog(t, logPath, "tick 2\n")
 
-	b, err := os.ReadFile(filepath.Join(e.state, "runtime", monitor.PIDFile))
+	old, err := daemonctl.ReadPIDFile(filepath.Join(e.state, "runtime", monitor.PIDFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	fd, err := unix.PidfdOpen(old, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -399,7 +397,7 @@ func TestGuestMonitorDeath(t *testing.T) {
 	monitor.WaitPidfd(fd)
 	unix.Close(fd)
 	// The log resumes under the new monitor.
-	b, _ = os.ReadFile(logPath)
+	b, _ := os.ReadFile(logPath)
 	waitLog(t, logPath, fmt.Sprintf("tick %d\n", strings.Count(string(b), "tick")+3))
 	if st := e.status(ticker); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Fatalf("ticker after the monitor died: %v", st.State)

@@ -1,14 +1,11 @@
 package cgroup2test_test
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -70,24 +67,8 @@ echo "cgroup v2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 		Env:       map[string]string{cnitest.BinEnv: "/cni", "TRIPODD": "/tripod/tripodd"},
 		MemoryMB:  1024,
 		TmpfsRoot: true,
-		Console:   &lineLog{t: t},
 	}
-	res, err := vm.Run(ctx, dir)
-	if err != nil {
-		tail := ""
-		if res != nil {
-			tail = res.Tail(60)
-		}
-		t.Fatalf("%v\nconsole tail:\n%s", err, tail)
-	}
-	if res.Exit != 0 {
-		t.Fatalf("in-VM tests failed (exit status %d): %v\nconsole tail:\n%s", res.Exit, res.Failures(), res.Tail(80))
-	}
-	for _, name := range guestTests {
-		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
-			t.Errorf("%s did not pass in the VM (skipped or missing)", name)
-		}
-	}
+	vm.RunTests(ctx, t, dir, guestTests...)
 }
 
 // staticRunc finds the first runc on PATH that is statically linked: the
@@ -116,26 +97,4 @@ func staticRunc() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no statically linked runc on PATH (found %v): `make go-tools` builds one into .tools/bin and `make test` puts that first on PATH", seen)
-}
-
-// lineLog logs the console line by line as it arrives.
-type lineLog struct {
-	t   *testing.T
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			l.buf.WriteString(line)
-			break
-		}
-		l.t.Log("vm: " + strings.TrimRight(line, "\r\n"))
-	}
-	return len(p), nil
 }

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"io"
 	"os"
 	"path/filepath"
@@ -61,7 +62,7 @@ func ParseMountinfo(r io.Reader) (*Mounts, error) {
 		if len(f) < 5 || len(g) < 3 {
 			continue
 		}
-		h := Hierarchy{Mount: unescape(f[4]), Root: unescape(f[3])}
+		h := Hierarchy{Mount: mountinfo.Unescape(f[4]), Root: mountinfo.Unescape(f[3])}
 		switch g[0] {
 		case "cgroup2":
 			if m.Unified == nil {
@@ -94,26 +95,6 @@ func notController(opt string) bool {
 		return true
 	}
 	return strings.Contains(opt, "=") && !strings.HasPrefix(opt, "name=")
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &c); err == nil {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // V2 reports whether the host runs the unified hierarchy only. A host with

@@ -28,14 +28,24 @@ type Config struct {
 	Listen string `toml:"listen" comment:"CRI endpoint: unix:///path.sock, or tcp://127.0.0.1:PORT (loopback only unless [tls] is set)"`
 	TLS    TLS    `toml:"tls"`
 
-	Image   Image   `toml:"image"`
-	Runtime Runtime `toml:"runtime"`
-	Metrics Metrics `toml:"metrics"`
-	NRI     NRI     `toml:"nri"`
+	Image     Image     `toml:"image"`
+	Runtime   Runtime   `toml:"runtime"`
+	Metrics   Metrics   `toml:"metrics"`
+	NRI       NRI       `toml:"nri"`
+	Streaming Streaming `toml:"streaming"`
 
 	// CSI is tripod-csi's [csi] table, kept in the same file so a node has
 	// one config; tripod-csi parses it (tripod-csi --print-config).
 	CSI map[string]any `toml:"csi,omitempty" comment:"tripod-csi's settings; tripodd ignores them"`
+}
+
+// Streaming configures the server behind the exec, attach and
+// port-forward URLs (kubelet connects to it, from the same node).
+type Streaming struct {
+	Address      string `toml:"address" comment:"host:port of the exec/attach/port-forward server; port 0 picks a free one; a non-loopback address only if set here"`
+	CertFile     string `toml:"cert_file" comment:"serve HTTPS with this certificate (PEM); empty: plain HTTP"`
+	KeyFile      string `toml:"key_file" comment:"its private key (PEM)"`
+	ClientCAFile string `toml:"client_ca_file" comment:"with HTTPS, require client certificates chaining to this CA (PEM); optional"`
 }
 
 // TLS serves a tcp:// CRI endpoint over mutual TLS. The CRI has no
@@ -122,7 +132,8 @@ func Default() Config {
 			EventBuffer:    1024,
 			CDISpecDirs:    []string{"/etc/cdi", "/var/run/cdi"},
 		},
-		NRI: defaultNRI(),
+		Streaming: Streaming{Address: "127.0.0.1:0"},
+		NRI:       defaultNRI(),
 	}
 }
 
@@ -221,6 +232,19 @@ func (c *Config) Validate() error {
 	}
 	if _, ok := c.Runtime.Handlers[c.Runtime.DefaultHandler]; !ok && c.Runtime.DefaultHandler != "runc" {
 		bad("runtime.default_handler", "%q is not among runtime.handlers", c.Runtime.DefaultHandler)
+	}
+	if _, _, err := net.SplitHostPort(c.Streaming.Address); err != nil {
+		bad("streaming.address", "want host:port, got %q", c.Streaming.Address)
+	}
+	if st := c.Streaming; st.CertFile != "" || st.KeyFile != "" || st.ClientCAFile != "" {
+		for _, f := range []struct{ name, v string }{{"streaming.cert_file", st.CertFile}, {"streaming.key_file", st.KeyFile}} {
+			if !filepath.IsAbs(f.v) {
+				bad(f.name, "must be an absolute path (HTTPS needs a certificate and its key), got %q", f.v)
+			}
+		}
+		if st.ClientCAFile != "" && !filepath.IsAbs(st.ClientCAFile) {
+			bad("streaming.client_ca_file", "must be an absolute path, got %q", st.ClientCAFile)
+		}
 	}
 	if c.Runtime.EventBuffer < 1 {
 		bad("runtime.event_buffer", "must be at least 1, got %d", c.Runtime.EventBuffer)

@@ -65,8 +65,11 @@ func TestValidate(t *testing.T) {
 			c.Listen = "tcp://127.0.0.1:1"
 			c.TLS = TLS{CertFile: "/c.pem", ClientCAFile: "/ca.pem"}
 		},
-		"tls: applies only": func(c *Config) { c.TLS = TLS{CertFile: "/c.pem", KeyFile: "/k.pem", ClientCAFile: "/ca.pem"} },
-		"needs [tls]":       func(c *Config) { c.Listen = "tcp://0.0.0.0:373" },
+		"tls: applies only":   func(c *Config) { c.TLS = TLS{CertFile: "/c.pem", KeyFile: "/k.pem", ClientCAFile: "/ca.pem"} },
+		"needs [tls]":         func(c *Config) { c.Listen = "tcp://0.0.0.0:373" },
+		"streaming.address":   func(c *Config) { c.Streaming.Address = "127.0.0.1" },
+		"streaming.key_file":  func(c *Config) { c.Streaming.CertFile = "/c.pem" },
+		"streaming.cert_file": func(c *Config) { c.Streaming.ClientCAFile = "/ca.pem" },
 	} {
 		c := Default()
 		mut(&c)
@@ -78,6 +81,14 @@ func TestValidate(t *testing.T) {
 		if _, _, err := ParseListen(ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
+	}
+	st := Default()
+	if st.Streaming.Address != "127.0.0.1:0" {
+		t.Errorf("streaming listens on %q by default, want loopback", st.Streaming.Address)
+	}
+	st.Streaming = Streaming{Address: "0.0.0.0:10010", CertFile: "/c.pem", KeyFile: "/k.pem"}
+	if err := st.Validate(); err != nil {
+		t.Errorf("a configured non-loopback streaming address with TLS: %v", err)
 	}
 	mtls := Default()
 	mtls.Listen, mtls.TLS = "tcp://0.0.0.0:373", TLS{CertFile: "/c.pem", KeyFile: "/k.pem", ClientCAFile: "/ca.pem"}

@@ -26,6 +26,7 @@ import (
 	"github.com/tripod-dev/tripod/internal/cnirun"
 	"github.com/tripod-dev/tripod/internal/config"
 	"github.com/tripod-dev/tripod/internal/cri/server"
+	"github.com/tripod-dev/tripod/internal/cri/stream"
 	"github.com/tripod-dev/tripod/internal/image"
 	"github.com/tripod-dev/tripod/internal/image/pull"
 	"github.com/tripod-dev/tripod/internal/metrics"
@@ -49,6 +50,7 @@ type Daemon struct {
 	http    *http.Server
 	admin   *http.Server
 	adminL  net.Listener
+	stream  *stream.Server
 	// Addr is the CRI listener's address; MetricsAddr the metrics one.
 	Addr, MetricsAddr string
 }
@@ -159,18 +161,28 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 		return nil, err
 	}
 	d.Addr = d.lis.Addr().String()
+	if d.stream, err = newStreamServer(cfg.Streaming, d.Pods); err != nil {
+		d.lis.Close()
+		d.Images.Close()
+		d.Pods.Close()
+		return nil, err
+	}
 	d.grpc = grpc.NewServer(opts...)
 	runtimeapi.RegisterImageServiceServer(d.grpc, server.NewImageServer(d.Images))
-	runtimeapi.RegisterRuntimeServiceServer(d.grpc, server.NewRuntimeServer(d.Pods, Version))
+	rs := server.NewRuntimeServer(d.Pods, Version)
+	rs.SetStreams(d.stream)
+	runtimeapi.RegisterRuntimeServiceServer(d.grpc, rs)
 
 	adminPath := filepath.Join(cfg.State, adminapi.Socket)
 	if d.adminL, err = listen("unix://"+adminPath, false); err != nil {
+		d.stream.Close()
 		d.lis.Close()
 		d.Images.Close()
 		d.Pods.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	if err := os.Chmod(adminPath, 0o600); err != nil {
+		d.stream.Close()
 		d.adminL.Close()
 		d.lis.Close()
 		d.Images.Close()
@@ -187,11 +199,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 			d.lis.Close()
 			d.Images.Close()
 			d.Pods.Close()
+			d.stream.Close()
 			return nil, fmt.Errorf("metrics listener: %w", err)
 		}
 		d.MetricsAddr = ml.Addr().String()
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", d.Metrics.Handler())
+		mux.Handle("/metrics", withGoroutines(d.Metrics))
 		d.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go d.http.Serve(ml)
 	}
@@ -243,7 +256,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.grpc.Serve(d.lis) }()
-	d.log.Info("tripodd serving", "listen", d.cfg.Listen, "root", d.cfg.Root, "state", d.cfg.State,
+	go func() {
+		if err := d.stream.Serve(); err != nil {
+			d.log.Error("streaming server", "err", err)
+		}
+	}()
+	d.log.Info("tripodd serving", "listen", d.cfg.Listen, "streaming", d.stream.URL, "root", d.cfg.Root, "state", d.cfg.State,
 		"registryHostsDir", d.cfg.Image.RegistryHostsDir, "metrics", d.MetricsAddr, "version", Version)
 	var err error
 	select {
@@ -260,6 +278,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if d.http != nil {
 		d.http.Close()
 	}
+	d.stream.Close()
 	d.admin.Close()
 	if cerr := d.Images.Close(); err == nil {
 		err = cerr

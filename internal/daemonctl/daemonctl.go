@@ -66,7 +66,7 @@ func Start(s Spec) (*Started, error) {
 		p.err = cmd.Wait()
 		close(p.exited)
 	}()
-	if err := writeFile(s.PIDFile, []byte(strconv.Itoa(p.PID)+"\n")); err != nil {
+	if err := WritePIDFile(s.PIDFile, p.PID); err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("pid file: %w", err)
 	}
@@ -110,8 +110,8 @@ var ErrNotRunning = errors.New("not running")
 
 // Find returns the process whose PID is in pidFile if it is still the
 // daemon: its argv[0] has base name name, its arguments include every
-// string of want (its socket, say), and it started before the PID file was
-// written (a process that reused the PID started after). A PID file naming
+// string of want (its socket, say), and it started when the PID file says
+// (a process that reused the PID started later). A PID file naming
 // anything else, or nothing, is ErrNotRunning. The caller closes the Proc.
 func Find(pidFile, name string, want ...string) (*Proc, error) {
 	b, err := os.ReadFile(pidFile)
@@ -121,20 +121,16 @@ func Find(pidFile, name string, want ...string) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(pidFile)
+	pid, started, err := parsePIDFile(b)
 	if err != nil {
-		return nil, ErrNotRunning
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
 		return nil, ErrNotRunning
 	}
 	p, err := Open(pid, name, want...)
 	if err != nil {
 		return nil, err
 	}
-	// Boot time is known to the second: allow that much.
-	if started, err := startTime(pid); err != nil || started.After(fi.ModTime().Add(time.Second)) {
+	// Checked with the pidfd open: the process it pins is the one started.
+	if ticks, err := startTicks(pid); err != nil || ticks != started {
 		p.Close()
 		return nil, ErrNotRunning
 	}
@@ -253,38 +249,55 @@ func Flag(args []string, name string) (string, bool) {
 	return "", false
 }
 
-// startTime is when a process started: /proc/PID/stat's field 22 (clock
-// ticks since boot; USER_HZ is 100 for every /proc reader) after the boot
-// time of /proc/stat.
-func startTime(pid int) (time.Time, error) {
+// startTicks is when a process started, in clock ticks after boot
+// (/proc/PID/stat's field 22).
+// WritePIDFile records pid and the process's start time (clock ticks after
+// boot) in path: a later process that reuses the PID has another start
+// time. Exact, and immune to the wall clock stepping.
+func WritePIDFile(path string, pid int) error {
+	ticks, err := startTicks(pid)
+	if err != nil {
+		return err
+	}
+	return writeFile(path, fmt.Appendf(nil, "%d %d\n", pid, ticks))
+}
+
+// ReadPIDFile returns the PID in path if that process is still the one
+// the file was written for (ErrNotRunning otherwise).
+func ReadPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, ErrNotRunning
+	}
+	pid, started, err := parsePIDFile(b)
+	if err != nil {
+		return 0, ErrNotRunning
+	}
+	if ticks, err := startTicks(pid); err != nil || ticks != started {
+		return 0, ErrNotRunning
+	}
+	return pid, nil
+}
+
+func parsePIDFile(b []byte) (pid int, started uint64, err error) {
+	if _, err := fmt.Sscanf(string(b), "%d %d", &pid, &started); err != nil || pid <= 0 {
+		return 0, 0, fmt.Errorf("pid file %q: want \"<pid> <start ticks>\"", b)
+	}
+	return pid, started, nil
+}
+
+func startTicks(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return time.Time{}, err
+		return 0, err
 	}
 	// The command name may hold spaces and parentheses: fields start after the last ')'.
 	rest := b[bytes.LastIndexByte(b, ')')+1:]
 	f := strings.Fields(string(rest))
 	if len(f) < 20 {
-		return time.Time{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	ticks, err := strconv.ParseInt(f[19], 10, 64)
-	if err != nil {
-		return time.Time{}, err
-	}
-	st, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return time.Time{}, err
-	}
-	for _, line := range strings.Split(string(st), "\n") {
-		if v, ok := strings.CutPrefix(line, "btime "); ok {
-			boot, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return time.Time{}, err
-			}
-			return time.Unix(boot, 0).Add(time.Duration(ticks) * 10 * time.Millisecond), nil
-		}
-	}
-	return time.Time{}, errors.New("/proc/stat: no btime")
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // Answering reports whether something accepts connections on the unix

@@ -3,6 +3,7 @@ package daemonctl
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,11 +49,20 @@ func TestStartFindStop(t *testing.T) {
 			t.Errorf("Find(%s, %v): %v, want ErrNotRunning", c.name, c.want, err)
 		}
 	}
-	// A PID file written before the process started names a process that
-	// reused the PID.
-	old := time.Now().Add(-time.Hour)
-	os.Chtimes(spec.PIDFile, old, old)
-	if _, err := Find(spec.PIDFile, name); !errors.Is(err, ErrNotRunning) {
+	// A PID file naming another start time names a process that reused
+	// the PID.
+	pidFile, err := os.ReadFile(spec.PIDFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	var ticks uint64
+	if _, err := fmt.Sscanf(string(pidFile), "%d %d", &pid, &ticks); err != nil || pid != s.PID {
+		t.Fatalf("PID file %q: %v", pidFile, err)
+	}
+	stale := filepath.Join(dir, "stale.pid")
+	os.WriteFile(stale, fmt.Appendf(nil, "%d %d\n", pid, ticks-1), 0o644)
+	if _, err := Find(stale, name); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("stale PID file: %v, want ErrNotRunning", err)
 	}
 	killed, err := p.Stop(context.Background(), 10*time.Second)

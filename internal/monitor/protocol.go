@@ -30,7 +30,7 @@ const ExitFile = "exit.json"
 
 // Request is one call to the monitor.
 type Request struct {
-	Op string `json:"op"` // create, adopt, wait, state, kill, reopen, forget, ping
+	Op string `json:"op"` // create, adopt, wait, state, kill, reopen, forget, ping, exec, attach
 	ID string `json:"id,omitempty"`
 	// Signal is kill's signal number.
 	Signal int `json:"signal,omitempty"`
@@ -42,6 +42,18 @@ type Request struct {
 	// OOMFile is the cgroup file whose oom_kill counter tells an OOM kill
 	// (memory.oom_control on v1, memory.events on v2); optional.
 	OOMFile string `json:"oomFile,omitempty"`
+	// TTY (create, exec) gives the process a pseudo-terminal; Stdin
+	// (create, exec, attach) a stdin pipe; StdinOnce (create) closes the
+	// container's stdin when the first attach that used it ends.
+	TTY       bool `json:"tty,omitempty"`
+	Stdin     bool `json:"stdin,omitempty"`
+	StdinOnce bool `json:"stdinOnce,omitempty"`
+	// For exec: the command and extra environment.
+	Args []string `json:"args,omitempty"`
+	Env  []string `json:"env,omitempty"`
+	// For attach: the output streams wanted.
+	Stdout bool `json:"stdout,omitempty"`
+	Stderr bool `json:"stderr,omitempty"`
 }
 
 // Exit is how a container ended.

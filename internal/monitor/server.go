@@ -1,7 +1,6 @@
 package monitor
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -33,6 +32,7 @@ type Server struct {
 	// anyone registered the pid (a runtime that exits very fast).
 	byPid     map[int]chan unix.WaitStatus
 	unclaimed map[int]unix.WaitStatus
+	dir       string // of the socket; console sockets go there too
 }
 
 type container struct {
@@ -47,6 +47,15 @@ type container struct {
 	log     *os.File
 	done    chan struct{} // closed once exit is set
 	exit    Exit
+
+	// For attach. With a TTY, master is the pty (output, stdin, resize).
+	tty, stdinOnce bool
+	master         *os.File
+	stdinMu        sync.Mutex
+	stdin          *os.File // nil once closed (or never opened)
+	attachMu       sync.Mutex
+	attached       map[*attachment]struct{}
+	outputDone     bool
 }
 
 // Serve runs a monitor on the socket at path until ctx ends. ready, if
@@ -55,7 +64,8 @@ func Serve(ctx context.Context, path string, ready io.WriteCloser) error {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("become child subreaper: %w", err)
 	}
-	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{}}
+	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{},
+		dir: filepath.Dir(path)}
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, syscall.SIGCHLD)
 	go s.reap(sigc)
@@ -123,12 +133,23 @@ func (s *Server) watch(pid int) chan unix.WaitStatus {
 func (s *Server) handle(conn net.Conn) {
 	defer conn.Close()
 	var req Request
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+	dec := json.NewDecoder(conn)
+	if err := dec.Decode(&req); err != nil {
 		return
 	}
+	// What the caller sends after its request (exec and attach), less
+	// the newline that ended the request.
+	rest, _ := io.ReadAll(dec.Buffered())
+	in := io.MultiReader(bytes.NewReader(bytes.TrimLeft(rest, "\n")), conn)
 	var rep Reply
 	var err error
 	switch req.Op {
+	case "exec":
+		s.exec(conn.(*net.UnixConn), in, req)
+		return
+	case "attach":
+		s.attach(conn, in, req)
+		return
 	case "ping":
 	case "create":
 		rep.Pid, err = s.create(req)
@@ -191,12 +212,9 @@ func (s *Server) handle(conn net.Conn) {
 		delete(s.containers, req.ID)
 		s.mu.Unlock()
 		if c != nil {
-			c.logMu.Lock()
-			if c.log != nil {
-				c.log.Close()
-				c.log = nil
-			}
-			c.logMu.Unlock()
+			c.closeLog()
+			c.closeStdin(false)
+			c.endAttach()
 		}
 	default:
 		err = fmt.Errorf("unknown op %q", req.Op)
@@ -208,7 +226,10 @@ func (s *Server) handle(conn net.Conn) {
 }
 
 // create runs `<runtime> create` with the container's stdout and stderr on
-// pipes this process reads, and starts watching the container's init.
+// pipes this process reads (or, with a TTY, a pty whose master the
+// runtime hands over on a console socket), and starts watching the
+// container's init. With Stdin the container's stdin is a pipe whose write
+// end this process keeps for attach.
 func (s *Server) create(req Request) (int, error) {
 	if req.ID == "" || req.Bundle == "" || req.Runtime == "" {
 		return 0, errors.New("create: id, bundle and runtime are required")
@@ -219,100 +240,128 @@ func (s *Server) create(req Request) (int, error) {
 		return 0, fmt.Errorf("container %s: already monitored", req.ID)
 	}
 	s.mu.Unlock()
-	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1}
+	c := &container{id: req.ID, bundle: req.Bundle, oomFile: req.OOMFile, logPath: req.LogPath, done: make(chan struct{}), pidfd: -1,
+		tty: req.TTY, stdinOnce: req.StdinOnce}
 	if err := c.reopen(); err != nil {
 		return 0, err
 	}
-	// FIFOs in the bundle rather than anonymous pipes: a monitor started
-	// after this one died can open them again and resume the logs.
-	outR, outW, err := openFIFO(filepath.Join(req.Bundle, StdoutFIFO))
-	if err != nil {
-		return 0, err
-	}
-	errR, errW, err := openFIFO(filepath.Join(req.Bundle, StderrFIFO))
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return 0, err
-	}
+	// Everything opened here is closed on failure; what the container
+	// keeps is taken out of the list.
+	var opened []*os.File
+	ok := false
+	defer func() {
+		if !ok {
+			closeAll(opened)
+			c.closeLog()
+		}
+	}()
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		return 0, err
 	}
+	opened = append(opened, null)
+	stdio := []*os.File{null, null, null}
+	var outR, errR *os.File
 	pidFile := filepath.Join(req.Bundle, "init.pid")
 	logFile := filepath.Join(req.Bundle, "runtime.log")
 	args := append([]string{req.Runtime}, req.RuntimeArgs...)
-	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile, req.ID)
-	bin := req.Runtime
-	if !strings.Contains(bin, "/") {
-		if bin, err = lookPath(bin); err != nil {
-			null.Close()
-			outR.Close()
-			outW.Close()
-			errR.Close()
-			errW.Close()
+	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile)
+	var console *net.UnixListener
+	if req.TTY {
+		l, path, err := s.listenConsole()
+		if err != nil {
 			return 0, err
 		}
+		defer l.Close()
+		console = l
+		args = append(args, "--console-socket", path)
+	} else {
+		// FIFOs in the bundle rather than anonymous pipes: a monitor
+		// started after this one died can open them again and resume
+		// the logs. (A TTY's master and a stdin pipe cannot be reopened:
+		// they go with this process.)
+		var outW, errW *os.File
+		if outR, outW, err = openFIFO(filepath.Join(req.Bundle, StdoutFIFO)); err != nil {
+			return 0, err
+		}
+		opened = append(opened, outR, outW)
+		if errR, errW, err = openFIFO(filepath.Join(req.Bundle, StderrFIFO)); err != nil {
+			return 0, err
+		}
+		opened = append(opened, errR, errW)
+		stdio[1], stdio[2] = outW, errW
+		if req.Stdin {
+			inR, inW, err := os.Pipe()
+			if err != nil {
+				return 0, err
+			}
+			opened = append(opened, inR, inW)
+			stdio[0], c.stdin = inR, inW
+		}
 	}
-	s.mu.Lock() // hold the reaper off until the pid is registered
-	p, err := os.StartProcess(bin, args, &os.ProcAttr{Dir: req.Bundle, Files: []*os.File{null, outW, errW}})
-	var ch chan unix.WaitStatus
-	if err == nil {
-		ch = make(chan unix.WaitStatus, 1)
-		s.byPid[p.Pid] = ch
-	}
-	s.mu.Unlock()
-	null.Close()
-	outW.Close()
-	errW.Close()
+	args = append(args, req.ID)
+	_, ch, err := s.startRuntime(req.Runtime, args, req.Bundle, stdio)
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
-		return 0, fmt.Errorf("start %s: %w", req.Runtime, err)
+		return 0, err
+	}
+	// The runtime's copies are all the container needs.
+	for _, f := range stdio {
+		f.Close()
+	}
+	var consoleC chan *os.File
+	var consoleErr error
+	if console != nil {
+		consoleC = make(chan *os.File, 1)
+		go func() {
+			f, err := recvConsole(console)
+			consoleErr = err
+			consoleC <- f
+		}()
 	}
 	ws := <-ch
+	if console != nil {
+		console.Close()
+		if c.master = <-consoleC; c.master != nil {
+			opened = append(opened, c.master)
+		}
+	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: %s: %s", req.Runtime, describe(ws), runtimeError(logFile))
+	}
+	if console != nil && c.master == nil {
+		// The caller's rollback deletes what the runtime created.
+		return 0, fmt.Errorf("%s create: %v", req.Runtime, consoleErr)
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: pid file: %w", req.Runtime, err)
 	}
 	c.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	if c.pid <= 0 {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
 		return 0, fmt.Errorf("%s create: bad pid file %q", req.Runtime, b)
 	}
-	c.oomBase = oomKills(c.oomFile)
-	// Opened before the init can be reaped (only this process reaps it).
-	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
-		c.pidfd = fd
+	if req.TTY && req.Stdin {
+		c.stdin = c.master
 	}
+	c.oomBase = oomKills(c.oomFile)
 	// What a successor needs to adopt the container should this process
 	// die: who the init is, and the OOM counter's starting point.
 	if err := writeRecord(req.Bundle, record{Pid: c.pid, Start: startTime(c.pid), OOMFile: c.oomFile, OOMBase: c.oomBase, LogPath: c.logPath}); err != nil {
-		outR.Close()
-		errR.Close()
-		c.closeLog()
-		if c.pidfd >= 0 {
-			unix.Close(c.pidfd)
-		}
 		return 0, fmt.Errorf("monitor record: %w", err)
+	}
+	ok = true
+	// Opened before the init can be reaped (only this process reaps it).
+	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
+		c.pidfd = fd
 	}
 	initCh := s.watch(c.pid)
 	s.mu.Lock()
 	s.containers[req.ID] = c
 	s.mu.Unlock()
 
+	if c.master != nil {
+		outR, errR = c.master, nil
+	}
 	copiers := c.copyLogs(outR, errR)
 	go func() {
 		ws := <-initCh
@@ -342,8 +391,12 @@ func (c *container) copyLogs(out, err *os.File) *sync.WaitGroup {
 		if r == nil {
 			continue
 		}
+		kind := frameStdout
+		if stream == "stderr" {
+			kind = frameStderr
+		}
 		copiers.Add(1)
-		go func() { defer copiers.Done(); c.copyLog(r, stream) }()
+		go func() { defer copiers.Done(); c.copyLog(r, stream, kind) }()
 	}
 	return &copiers
 }
@@ -357,11 +410,12 @@ func (s *Server) finish(c *container, e Exit, copiers *sync.WaitGroup) {
 	// Let the log catch up with what the container wrote last, but never
 	// hang on a descendant that kept the pipe open.
 	drained := make(chan struct{})
-	go func() { copiers.Wait(); close(drained) }()
+	go func() { copiers.Wait(); c.endAttach(); close(drained) }()
 	select {
 	case <-drained:
 	case <-time.After(2 * time.Second):
 	}
+	c.closeStdin(false)
 	writeExit(c.bundle, e)
 	s.mu.Lock()
 	c.exit = e
@@ -454,37 +508,59 @@ func (c *container) closeLog() {
 	}
 }
 
-// copyLog writes r's lines as CRI log entries until r ends.
-func (c *container) copyLog(r *os.File, stream string) {
+// copyLog writes r's lines as CRI log entries until r ends, and hands
+// each chunk to the attached clients as it is read (a prompt without a
+// newline reaches them at once; the log keeps it until its line ends).
+func (c *container) copyLog(r *os.File, stream string, kind byte) {
 	defer r.Close()
-	br := bufio.NewReaderSize(r, maxLine)
-	var entry []byte
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			tag := "F"
-			text := line
-			if line[len(line)-1] == '\n' {
-				text = line[:len(line)-1]
-			} else if err == bufio.ErrBufferFull {
-				tag = "P"
-			}
-			entry = entry[:0]
-			entry = time.Now().AppendFormat(entry, time.RFC3339Nano)
-			entry = append(entry, ' ')
-			entry = append(entry, stream...)
-			entry = append(entry, ' ')
-			entry = append(entry, tag...)
-			entry = append(entry, ' ')
-			entry = append(entry, text...)
-			entry = append(entry, '\n')
-			c.logMu.Lock()
-			if c.log != nil {
-				c.log.Write(entry)
-			}
-			c.logMu.Unlock()
+	buf := make([]byte, 32<<10)
+	var pending, entry []byte // pending: the current line's start
+	write := func(text []byte, tag string) {
+		entry = entry[:0]
+		entry = time.Now().AppendFormat(entry, time.RFC3339Nano)
+		entry = append(entry, ' ')
+		entry = append(entry, stream...)
+		entry = append(entry, ' ')
+		entry = append(entry, tag...)
+		entry = append(entry, ' ')
+		entry = append(entry, text...)
+		entry = append(entry, '\n')
+		c.logMu.Lock()
+		if c.log != nil {
+			c.log.Write(entry)
 		}
-		if err != nil && err != bufio.ErrBufferFull {
+		c.logMu.Unlock()
+	}
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			c.fanout(kind, buf[:n])
+			data := buf[:n]
+			for len(data) > 0 {
+				nl := bytes.IndexByte(data, '\n')
+				if nl < 0 {
+					pending = append(pending, data...)
+					break
+				}
+				pending = append(pending, data[:nl]...)
+				data = data[nl+1:]
+				for len(pending) > maxLine {
+					write(pending[:maxLine], "P")
+					pending = append(pending[:0], pending[maxLine:]...)
+				}
+				write(pending, "F")
+				pending = pending[:0]
+			}
+			// Lines longer than maxLine go out in partial entries.
+			for len(pending) >= maxLine {
+				write(pending[:maxLine], "P")
+				pending = append(pending[:0], pending[maxLine:]...)
+			}
+		}
+		if err != nil {
+			if len(pending) > 0 {
+				write(pending, "F")
+			}
 			return
 		}
 	}

@@ -53,6 +53,11 @@ type ContainerConfig struct {
 	PIDTarget string `json:",omitempty"`
 	// CDIDevices are fully qualified CDI device names (vendor/class=name).
 	CDIDevices []string
+	// Stdin keeps a stdin pipe open for attach; StdinOnce closes it after
+	// the first attach; TTY gives the container a pseudo-terminal.
+	Stdin     bool
+	StdinOnce bool
+	TTY       bool
 }
 
 // Container is one container of a pod.
@@ -266,7 +271,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil
 	})
 	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "create", ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args,
-		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath)})
+		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath), TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce})
 	if err != nil {
 		return nil, fmt.Errorf("create container: %w", err)
 	}
@@ -302,7 +307,7 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	in := oci.Input{
 		Image: img, Rootfs: root, Command: c.Command, Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir,
 		User: c.RunAsUser, Username: c.RunAsName, Group: c.RunAsGroup, Mounts: append(slices.Clone(c.Mounts), c.imageVolumeMounts()...), Devices: c.Devices,
-		Resources: c.Resources, Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
+		Resources: m.withoutUnusableHugepages(c.Resources), Privileged: c.Privileged, ReadOnly: c.ReadOnly, Annotations: c.Annotations,
 		Sysctls: p.Sysctls, CgroupsPath: m.cgroupsPath(p, c.ID), Namespaces: ns, Files: files, ShmDir: p.Shm,
 	}
 	if _, ok := ns[specs.UTSNamespace]; ok {
@@ -317,7 +322,11 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 	if err := m.securityInput(p, c, &in); err != nil {
 		return nil, err
 	}
-	return oci.Generate(in)
+	spec, err := oci.Generate(in)
+	if err == nil && c.TTY {
+		withTerminal(spec)
+	}
+	return spec, err
 }
 
 // StartContainer starts a created container.
@@ -440,12 +449,13 @@ func (m *Manager) setExit(c *Container, e monitor.Exit) {
 		c.StartedAt = e.FinishedAt
 	}
 	m.publishLocked(ContainerStopped, c.ID, c.PodID)
+	stopped := m.stopping(c)
 	cp := *c
 	m.mu.Unlock()
 	if err := m.store.put(containerBucket, c.ID, &cp); err != nil {
 		m.log.Warn("recording exit", "container", c.ID, "err", err)
 	}
-	m.exited(c)
+	m.exited(c, stopped)
 }
 
 // Container returns a container by ID or unique prefix.

@@ -187,16 +187,27 @@ func (m *Manager) hookPostStart(ctx context.Context, c *Container) {
 	}
 }
 
-// exited tells the hooks, in the background, that c has exited; setExit
-// calls it once per container.
-func (m *Manager) exited(c *Container) {
+// stopping registers c's exit for awaitStopHook. setExit calls it once
+// per container, under m.mu with the state change, so that whoever sees
+// the container exited also finds the hooks' pending StopContainer to
+// wait for.
+func (m *Manager) stopping(c *Container) chan struct{} {
 	if m.hk.h == nil {
-		return
+		return nil
 	}
 	done := make(chan struct{})
 	m.hk.mu.Lock()
 	m.hk.stopped[c.ID] = done
 	m.hk.mu.Unlock()
+	return done
+}
+
+// exited tells the hooks, in the background, that c has exited, then
+// closes done (from stopping).
+func (m *Manager) exited(c *Container, done chan struct{}) {
+	if m.hk.h == nil || done == nil {
+		return
+	}
 	pc, cc := m.snapshot(m.podOf(c), c)
 	go func() {
 		defer close(done)

@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,7 +84,9 @@ func (m *Manager) monitorUp(ctx context.Context) (started bool, err error) {
 	}
 	w.Close()
 	pid := cmd.Process.Pid
-	os.WriteFile(filepath.Join(m.opt.State, monitor.PIDFile), fmt.Appendf(nil, "%d\n", pid), 0o600)
+	if err := daemonctl.WritePIDFile(filepath.Join(m.opt.State, monitor.PIDFile), pid); err != nil {
+		m.log.Warn("monitor pid file", "err", err)
+	}
 	// Reaped when it ends while we live (it is not ours to stop), and
 	// replaced if containers still need one.
 	go m.supervise(pid, func() { cmd.Wait() })
@@ -191,12 +193,8 @@ func (m *Manager) recoverMonitor(ctx context.Context, live bool) {
 // watchMonitor supervises a monitor that an earlier tripodd started, by
 // the PID it recorded, checked to be a tripod-monitor on our socket.
 func (m *Manager) watchMonitor() {
-	b, err := os.ReadFile(filepath.Join(m.opt.State, monitor.PIDFile))
+	pid, err := daemonctl.ReadPIDFile(filepath.Join(m.opt.State, monitor.PIDFile))
 	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
 		return
 	}
 	fd, err := unix.PidfdOpen(pid, 0)

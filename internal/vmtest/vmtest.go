@@ -528,3 +528,53 @@ func DirFiles(srcDir, dst string) ([]File, error) {
 	}
 	return files, nil
 }
+
+// RunTests boots vm (its Console, when nil, goes to t's log line by line),
+// fails t if the guest's tests did not all pass, and requires each of
+// names to have passed: a guest that silently ran nothing, or skipped, is
+// a failure too.
+func (vm *VM) RunTests(ctx context.Context, t testing.TB, workDir string, names ...string) *Result {
+	t.Helper()
+	if vm.Console == nil {
+		vm.Console = &lineLog{t: t}
+	}
+	res, err := vm.Run(ctx, workDir)
+	if err != nil {
+		tail := ""
+		if res != nil {
+			tail = res.Tail(60)
+		}
+		t.Fatalf("%v\nconsole tail:\n%s", err, tail)
+	}
+	if res.Exit != 0 {
+		t.Fatalf("in-VM tests failed (exit status %d): %v\nconsole tail:\n%s", res.Exit, res.Failures(), res.Tail(80))
+	}
+	for _, name := range names {
+		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
+			t.Errorf("%s did not pass in the VM (skipped or missing)", name)
+		}
+	}
+	return res
+}
+
+// lineLog logs the console line by line as it arrives.
+type lineLog struct {
+	t   testing.TB
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	for {
+		line, err := l.buf.ReadString('\n')
+		if err != nil {
+			l.buf.WriteString(line)
+			break
+		}
+		l.t.Log("vm: " + strings.TrimRight(line, "\r\n"))
+	}
+	return len(p), nil
+}

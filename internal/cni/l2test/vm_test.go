@@ -1,11 +1,9 @@
 package l2test_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,45 +60,7 @@ func TestInVM(t *testing.T) {
 		Command: []string{"/bin/sh", "-c", "/l2test.test -test.v -test.count=1 -test.timeout=8m -test.run=^TestGuest; a=$?; " +
 			"/bridge.test -test.v -test.count=1 -test.timeout=4m '-test.run=^(" + strings.Join(bridgeGuestTests, "|") + ")$'; b=$?; " +
 			"exit $((a | b))"},
-		Env:     map[string]string{cnitest.BinEnv: "/cni"},
-		Console: &lineLog{t: t},
+		Env: map[string]string{cnitest.BinEnv: "/cni"},
 	}
-	res, err := vm.Run(ctx, dir)
-	if err != nil {
-		tail := ""
-		if res != nil {
-			tail = res.Tail(60)
-		}
-		t.Fatalf("%v\nconsole tail:\n%s", err, tail)
-	}
-	if res.Exit != 0 {
-		t.Fatalf("in-VM tests failed (exit status %d): %v\nconsole tail:\n%s", res.Exit, res.Failures(), res.Tail(80))
-	}
-	for _, name := range append(guestTests, bridgeGuestTests...) {
-		if !strings.Contains(res.Console, "--- PASS: "+name+" ") {
-			t.Errorf("%s did not pass in the VM (skipped or missing)", name)
-		}
-	}
-}
-
-// lineLog logs the console line by line as it arrives.
-type lineLog struct {
-	t   *testing.T
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lineLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadString('\n')
-		if err != nil {
-			l.buf.WriteString(line)
-			break
-		}
-		l.t.Log("vm: " + strings.TrimRight(line, "\r\n"))
-	}
-	return len(p), nil
+	vm.RunTests(ctx, t, dir, append(guestTests, bridgeGuestTests...)...)
 }

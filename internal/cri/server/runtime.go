@@ -20,6 +20,7 @@ type RuntimeServer struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	m       *pod.Manager
 	version string
+	streams Streams // exec, attach and port-forward URLs; see SetStreams
 }
 
 // NewRuntimeServer serves m; version is tripodd's.
@@ -280,6 +281,7 @@ func (s *RuntimeServer) CreateContainer(ctx context.Context, req *runtimeapi.Cre
 		Meta:  pod.Meta{Name: c.Metadata.Name, Attempt: c.Metadata.Attempt},
 		Image: c.Image.Image, Command: c.Command, Args: c.Args, WorkingDir: c.WorkingDir,
 		Labels: c.Labels, Annotations: c.Annotations, LogPath: c.LogPath, UserImage: c.Image.UserSpecifiedImage,
+		Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.Tty,
 	}
 	for _, kv := range c.Envs {
 		cfg.Env = append(cfg.Env, kv.Key+"="+string(kv.Value))
