@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
@@ -111,7 +110,7 @@ func newEnv(im impl, prefix string) (*env, error) {
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{im.bin}, filepath.Join(scratch, "cache"), nil)
 	// lo up in the host namespace, as on a real host (portmap's localhost
 	// path needs it).
-	if err := nsutil.DoFile(host, func() error { return upLoopback() }); err != nil {
+	if err := nsutil.DoFile(host, func() error { return benchutil.UpLoopback() }); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -281,23 +280,6 @@ func growth(ctx context.Context, e *env, s scenario, n int) (time.Duration, time
 
 // growthWindow is how many ADDs at each end of a growth run are compared.
 func growthWindow(n int) int { return min(50, n/2) }
-
-func upLoopback() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-}
 
 func main() {
 	n := flag.Int("n", 50, "sequential ADD+DEL iterations per configuration")

@@ -49,7 +49,7 @@ func TestChartRows(t *testing.T) {
 		t.Errorf("per-second row: %+v", r)
 	}
 	notes := unchartedNotes(sample(), rows)
-	if len(notes) != 3 || !strings.Contains(notes[0], "CNI") || !strings.Contains(notes[1], "no anchor") || !strings.Contains(notes[2], "not measured (tripod play not on main yet)") {
+	if len(notes) != 3 || !strings.Contains(notes[0], "CNI") || !strings.Contains(notes[1], "no anchor") || !strings.Contains(notes[2], "not run: no play.json") {
 		t.Errorf("notes: %q", notes)
 	}
 }
@@ -123,7 +123,7 @@ func TestMarkdown(t *testing.T) {
 		"| **0.25** ✓ | 0.50 |",
 		`idle session \| RSS`, "n/a (Exec unimplemented)",
 		"no results: make bench-cni wrote no cni.json",
-		"| `tripod play` of the example web pod → first successful HTTP response | not measured (tripod play not on main yet) |",
+		"| `tripod play` of the example web pod → first successful HTTP response | not measured (not run: no play.json and no play.log in out) |",
 		"| 7.2 ms |",
 	} {
 		if !strings.Contains(md, want) {
@@ -159,7 +159,7 @@ func TestRun(t *testing.T) {
 	}
 	for _, want := range []string{"source v1-test", "](chart.png)", "ExecSync p50", "unreadable results:",
 		"not run: no cni.json and no cni.log", "no results: make bench-csi wrote no csi.json (its output is in " + filepath.Join(in, "csi.log"),
-		"not measured (tripod play not on main yet)"} {
+		"| `tripod play` of the example web pod → first successful HTTP response | not measured (not run"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("report lacks %q", want)
 		}
