@@ -122,7 +122,7 @@ func markdown(ls []loaded, host, pngName string) string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# tripod benchmarks\n\n")
 	w("Written by `make bench` on %s (%s). Every benchmark runs tripod and its anchors in the same run on the same machine; ", time.Now().UTC().Format("2006-01-02 15:04 MST"), host)
-	w("one run, so expect a few hundredths of movement in the ratios between runs.\n\n")
+	w("it is one run, and on a shared machine the ratios move between runs, by a tenth or more under load (each section gives the load average at its end).\n\n")
 	w("**Ratios are tripod / anchor: below 1 tripod is faster or smaller.** Rows marked ↑ count something per second, where above 1 is better. ")
 	w("A ratio target (≤ 0.5) is for tripod/first anchor; a goal (≤ 1536 kB) is for tripod's own value.\n\n")
 	w("![tripod / anchor ratios](%s)\n\n", pngName)
