@@ -67,7 +67,7 @@ INSTALL_CRICTL ?= $(TOOLS)/crictl
 INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBEXECDIR='$(LIBEXECDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
 	CNIBINDIR='$(CNIBINDIR)' UNITDIR='$(UNITDIR)' BIN='$(BIN)' RUNC='$(INSTALL_RUNC)' CRICTL='$(INSTALL_CRICTL)'
 
-.PHONY: all build deps apt-deps go-tools k8s-tools bench-deps lint test test-go bench bench-cni bench-images bench-csi bench-cri up install uninstall install-cni clean
+.PHONY: all build deps apt-deps go-tools k8s-tools bench-deps lint test test-go bench bench-report bench-cni bench-images bench-csi bench-play bench-cri up install uninstall install-cni clean
 
 all: build
 
@@ -140,22 +140,48 @@ test: deps build lint test-go
 test-go:
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) test -count=1 -timeout 60m ./...
 
-bench: bench-cni bench-images bench-csi bench-cri
+# Every benchmark, one after the other, then bench/report.md and its chart
+# bench/report.png, made from the results each writes (bench/out/NAME.json;
+# its output is in bench/out/NAME.log). A benchmark that fails leaves its
+# section of the report empty, and make bench fails at the end.
+BENCH_OUT ?= $(CURDIR)/bench/out
+BENCHES ?= cni images csi play cri
+
+bench: deps build bench-deps
+	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	@st=0; for b in $(BENCHES); do \
+		echo "== bench-$$b (output also in $(BENCH_OUT)/$$b.log)"; \
+		TRIPOD_BENCH_OUT=$(BENCH_OUT) $(MAKE) --no-print-directory bench-$$b 2>&1 | tee $(BENCH_OUT)/$$b.log; \
+		[ $${PIPESTATUS[0]} -eq 0 ] || { echo "bench-$$b failed: its section of the report stays empty"; st=1; }; \
+	done; \
+	$(MAKE) --no-print-directory bench-report || st=1; \
+	exit $$st
+
+# The report alone, from the results already in $(BENCH_OUT).
+bench-report:
+	$(GO) run ./bench/report -in $(BENCH_OUT) -md bench/report.md -png bench/report.png -commit $(VERSION)
 
 bench-cni: deps build bench-deps
 	TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference $(GO) run ./bench/cni
 
-# Image pull + unpack, tripodd vs Debian's containerd (its CRI plugin), the
-# same image from the same local registry. Needs root.
-bench-images: deps build
+# Image pull + unpack, tripodd vs containerd 2.4 and Debian's containerd 1.6
+# (their CRI plugin), the same image from the same local registry. Needs root.
+bench-images: deps build bench-deps
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
-	TRIPODD=$(BIN)/tripodd $(GO) run ./bench/images
+	TRIPODD=$(BIN)/tripodd TRIPOD_CONTAINERD2_DIR=$(CONTAINERD2_DIR) $(GO) run ./bench/images
 
 # tripod-csi latencies (p50/p99 per call) and RSS, against the built binary.
 bench-csi: deps build
 	TRIPOD_CSI_BIN=$(BIN)/tripod-csi $(GO) run ./bench/csi
 
-# Pod start, stop, memory per pod and critest -benchmark, tripodd vs
+# `tripod play -d examples/web.yaml` to the first HTTP 200 on its hostPort,
+# cold and warm, on a stack `tripod up` starts in a network namespace of its
+# own. Needs root.
+bench-play: deps build
+	TRIPOD_BIN=$(BIN)/tripod $(GO) run ./bench/play
+
+# Pod start, stop, memory per pod, stats over 50 pods, ExecSync latency and
+# throughput, an idle exec session's memory and critest -benchmark, tripodd vs
 # containerd 2.4 and Debian's containerd 1.6 (their CRI plugin with the
 # reference CNI plugins), all on the runc first on PATH. Needs root.
 bench-cri: deps build bench-deps

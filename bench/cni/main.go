@@ -4,11 +4,14 @@
 // private "host" network namespace, so its bridges, NAT rules and
 // iptables/nftables state never meet the other's or the real host's.
 //
+// With TRIPOD_BENCH_OUT set it also writes cni.json there.
+//
 //	TRIPOD_CNI_BIN=bin/cni TRIPOD_REFERENCE_BIN=.tools/reference go run ./bench/cni
 package main
 
 import (
 	"context"
+	"debug/buildinfo"
 	"flag"
 	"fmt"
 	"os"
@@ -19,7 +22,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"golang.org/x/sys/unix"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
 	"github.com/tripod-dev/tripod/internal/cni/nsutil"
@@ -108,7 +110,7 @@ func newEnv(im impl, prefix string) (*env, error) {
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{im.bin}, filepath.Join(scratch, "cache"), nil)
 	// lo up in the host namespace, as on a real host (portmap's localhost
 	// path needs it).
-	if err := nsutil.DoFile(host, func() error { return upLoopback() }); err != nil {
+	if err := nsutil.DoFile(host, func() error { return benchutil.UpLoopback() }); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -279,23 +281,6 @@ func growth(ctx context.Context, e *env, s scenario, n int) (time.Duration, time
 // growthWindow is how many ADDs at each end of a growth run are compared.
 func growthWindow(n int) int { return min(50, n/2) }
 
-func upLoopback() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-}
-
 func main() {
 	n := flag.Int("n", 50, "sequential ADD+DEL iterations per configuration")
 	conc := flag.Int("concurrent", 16, "concurrent ADDs")
@@ -325,6 +310,17 @@ func run(n, conc, grow int, only string) error {
 		}
 	}
 	ctx := context.Background()
+	refName := "reference plugins"
+	if bi, err := buildinfo.ReadFile(filepath.Join(impls[1].bin, "bridge")); err == nil && bi.Main.Version != "" {
+		refName += " " + bi.Main.Version
+	}
+	res := benchutil.Result{Bench: "cni", Columns: []string{"tripod", refName},
+		Title: fmt.Sprintf("CNI plugins through libcni, the same conflists, each implementation in its own host netns; %d ADD+DEL per configuration", n)}
+	// pair is a row of tripod's and the reference's figure, in ms.
+	pair := func(metric string, target float64, t, r time.Duration) {
+		res.Rows = append(res.Rows, benchutil.Row{Metric: metric, Unit: "ms", Target: target,
+			Values: []benchutil.Value{benchutil.Num(benchutil.Millis(t)), benchutil.Num(benchutil.Millis(r))}})
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "configuration\timpl\tADD p50 ms\tADD p99 ms\tDEL p50 ms\tDEL p99 ms\t\n")
 	var summary []string
@@ -332,7 +328,7 @@ func run(n, conc, grow int, only string) error {
 		if only != "" && !strings.Contains(s.name, only) {
 			continue
 		}
-		res := map[string]stats{}
+		byImpl := map[string]stats{}
 		for i, im := range impls {
 			e, err := newEnv(im, fmt.Sprintf("tpbench%d", i))
 			if err != nil {
@@ -343,10 +339,14 @@ func run(n, conc, grow int, only string) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			res[im.name] = st
+			byImpl[im.name] = st
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, im.name, benchutil.MS(benchutil.Pct(st.add, 50)), benchutil.MS(benchutil.Pct(st.add, 99)), benchutil.MS(benchutil.Pct(st.del, 50)), benchutil.MS(benchutil.Pct(st.del, 99)))
 		}
-		t, r := res["tripod"], res["reference"]
+		t, r := byImpl["tripod"], byImpl["reference"]
+		pair(s.name+": ADD p50", 0.5, benchutil.Pct(t.add, 50), benchutil.Pct(r.add, 50))
+		pair(s.name+": ADD p99", 0, benchutil.Pct(t.add, 99), benchutil.Pct(r.add, 99))
+		pair(s.name+": DEL p50", 0.25, benchutil.Pct(t.del, 50), benchutil.Pct(r.del, 50))
+		pair(s.name+": DEL p99", 0, benchutil.Pct(t.del, 99), benchutil.Pct(r.del, 99))
 		summary = append(summary, fmt.Sprintf("%-60s ADD p50 %s  p99 %s   DEL p50 %s  p99 %s",
 			s.name, ratio(benchutil.Pct(t.add, 50), benchutil.Pct(r.add, 50)), ratio(benchutil.Pct(t.add, 99), benchutil.Pct(r.add, 99)),
 			ratio(benchutil.Pct(t.del, 50), benchutil.Pct(r.del, 50)), ratio(benchutil.Pct(t.del, 99), benchutil.Pct(r.del, 99))))
@@ -371,6 +371,8 @@ func run(n, conc, grow int, only string) error {
 			walls[im.name], p50s[im.name] = wall, benchutil.Pct(lat, 50)
 			fmt.Printf("  %-10s wall %8s ms   ADD p50 %8s ms   p99 %8s ms\n", im.name, benchutil.MS(wall), benchutil.MS(benchutil.Pct(lat, 50)), benchutil.MS(benchutil.Pct(lat, 99)))
 		}
+		pair(fmt.Sprintf("%d concurrent ADDs (bridge): wall", conc), 0, walls["tripod"], walls["reference"])
+		pair(fmt.Sprintf("%d concurrent ADDs (bridge): ADD p50", conc), 0, p50s["tripod"], p50s["reference"])
 		summary = append(summary, fmt.Sprintf("%-60s wall %s  ADD p50 %s", fmt.Sprintf("%d concurrent ADDs", conc),
 			ratio(walls["tripod"], walls["reference"]), ratio(p50s["tripod"], p50s["reference"])))
 
@@ -390,6 +392,8 @@ func run(n, conc, grow int, only string) error {
 			firsts, lasts = append(firsts, first), append(lasts, last)
 			fmt.Printf("  %-10s median ADD first %d %8s ms   last %d %8s ms   last/first %s\n", im.name, window, benchutil.MS(first), window, benchutil.MS(last), ratio(last, first))
 		}
+		pair(fmt.Sprintf("%d ADDs kept on one /16 (bridge): median of the first %d", grow, window), 0, firsts[0], firsts[1])
+		pair(fmt.Sprintf("%d ADDs kept on one /16 (bridge): median of the last %d", grow, window), 0, lasts[0], lasts[1])
 		summary = append(summary, fmt.Sprintf("%-60s first %d %s  last %d %s", fmt.Sprintf("%d ADDs on one /16", grow),
 			window, ratio(firsts[0], firsts[1]), window, ratio(lasts[0], lasts[1])))
 	}
@@ -397,5 +401,5 @@ func run(n, conc, grow int, only string) error {
 	for _, s := range summary {
 		fmt.Println("  " + s)
 	}
-	return nil
+	return res.Save()
 }

@@ -8,7 +8,10 @@
 // CreateContainer + StartContainer) for sequential and concurrent pods,
 // StopPodSandbox, the memory each runtime adds per running pod (RSS and PSS
 // of its monitors/shims and pause processes at 20 pods), the daemons' RSS,
-// and `critest -benchmark`'s figures, with tripod/containerd ratios.
+// the stats calls over 50 running pods, ExecSync latency and throughput,
+// the memory of an idle interactive exec session (CRI Exec and its SPDY
+// stream), and `critest -benchmark`'s figures, with tripod/containerd
+// ratios. With TRIPOD_BENCH_OUT set it also writes cri.json there.
 //
 //	TRIPODD=bin/tripodd TRIPOD_CNI_BIN=bin/cni TRIPOD_REFERENCE_BIN=.tools/bin/reference \
 //	TRIPOD_CONTAINERD2_DIR=.tools/bin/containerd2 go run ./bench/cri
@@ -18,7 +21,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +30,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -38,6 +39,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/bench/internal/benchutil"
+	"github.com/tripod-dev/tripod/internal/daemonctl"
 	"github.com/tripod-dev/tripod/internal/image/imagetest"
 )
 
@@ -45,8 +47,16 @@ func main() {
 	seq := flag.Int("seq", 50, "sequential pods")
 	conc := flag.Int("concurrent", 10, "concurrent pods")
 	held := flag.Int("held", 20, "running pods for the memory figures")
+	var o execOpts
+	flag.IntVar(&o.n, "exec", 200, "sequential ExecSync calls into one container")
+	flag.IntVar(&o.containers, "exec-containers", 10, "containers (one caller each) for exec sessions per second")
+	flag.DurationVar(&o.dur, "exec-time", 10*time.Second, "how long the concurrent ExecSync callers run")
+	flag.IntVar(&o.sessions, "sessions", 30, "idle interactive exec sessions held open for the memory figure (enough that their cost outweighs the daemons' heap noise)")
+	flag.IntVar(&o.statsCalls, "stats-calls", 20, "calls of each stats RPC")
+	only := flag.String("only", "", "run only the runtimes whose column name contains this (tripod is always run)")
+	withCritest := flag.Bool("critest", true, "run critest -benchmark too")
 	flag.Parse()
-	if err := run(*seq, *conc, *held); err != nil {
+	if err := run(*seq, *conc, *held, o, *only, *withCritest); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-cri:", err)
 		os.Exit(1)
 	}
@@ -59,6 +69,7 @@ type results struct {
 	perPodRSSKB, perPodPSSKB float64
 	helperRSSKB, helperPSSKB int64
 	critest                  map[string][]time.Duration
+	x                        execResults
 }
 
 // runtimeUnderTest is one column of the report.
@@ -72,7 +83,7 @@ type runtimeUnderTest struct {
 // is pointed at the local registry for them.
 var mirrored = []string{"registry.k8s.io", "public.ecr.aws"}
 
-func run(seq, conc, held int) error {
+func run(seq, conc, held int, o execOpts, only string, withCritest bool) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
@@ -106,27 +117,34 @@ func run(seq, conc, held int) error {
 	} else {
 		fmt.Println("Debian's containerd is not installed: no containerd 1.6 column")
 	}
-	runc, err := exec.LookPath("runc")
-	if err != nil {
+	if _, err := exec.LookPath("runc"); err != nil {
 		return fmt.Errorf("runc: %w", err)
 	}
-	rv, _ := exec.Command(runc, "--version").Output()
-	fmt.Printf("runc for every runtime: %s (%s)\n", runc, strings.SplitN(strings.TrimSpace(string(rv)), "\n", 2)[0])
+	fmt.Printf("runc for every runtime: %s\n", runcVersion())
 	critest, err := exec.LookPath("critest")
 	if err != nil {
 		fmt.Println("critest not on PATH (make go-tools builds it): no critest -benchmark rows")
 		critest = ""
 	}
+	if !withCritest {
+		critest = ""
+	}
 	var all []results
 	for _, rt := range runtimes {
-		r, err := bench(rt, reg.Host, critest, seq, conc, held)
+		if only != "" && rt.kind != "tripod" && !strings.Contains(rt.name, only) {
+			continue
+		}
+		r, err := bench(rt, reg.Host, critest, seq, conc, held, o)
 		if err != nil {
 			return fmt.Errorf("%s: %w", rt.name, err)
 		}
 		all = append(all, r)
 	}
-	report(all, seq, conc, held)
-	return nil
+	res := report(all, seq, conc, held, o)
+	if err := res.WriteTable(os.Stdout); err != nil {
+		return err
+	}
+	return res.Save()
 }
 
 func pushImages(reg *imagetest.Registry) error {
@@ -135,7 +153,8 @@ func pushImages(reg *imagetest.Registry) error {
 		return fmt.Errorf("busybox-static: %w", err)
 	}
 	es := []imagetest.Entry{{Name: "bin/", Type: '5'}, {Name: "bin/busybox", Body: string(bb), Mode: 0o755},
-		{Name: "bin/sh", Type: '2', Linkname: "busybox"}, {Name: "bin/sleep", Type: '2', Linkname: "busybox"}}
+		{Name: "bin/sh", Type: '2', Linkname: "busybox"}, {Name: "bin/sleep", Type: '2', Linkname: "busybox"},
+		{Name: "bin/true", Type: '2', Linkname: "busybox"}}
 	img := imagetest.Image(runtime.GOARCH, "", imagetest.Layer(es...))
 	if _, err := reg.PushImage("bench/busybox:1", img); err != nil {
 		return err
@@ -270,7 +289,7 @@ func start(d *daemon) error {
 	return fmt.Errorf("%s did not create its socket", d.cmd.Path)
 }
 
-func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int) (results, error) {
+func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int, o execOpts) (results, error) {
 	res := results{name: under.name}
 	dir, err := os.MkdirTemp("", "tpbench-"+under.kind)
 	if err != nil {
@@ -303,7 +322,7 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 	}
 	logDir := filepath.Join(dir, "logs")
 	n := 0
-	startPod := func() (string, time.Duration, error) {
+	startPod := func() (string, string, time.Duration, error) {
 		n++
 		name := fmt.Sprintf("bench-%d-%d", n, time.Now().UnixNano())
 		pc := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Uid: name, Namespace: "bench"},
@@ -311,18 +330,18 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 		t0 := time.Now()
 		p, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pc})
 		if err != nil {
-			return "", 0, err
+			return "", "", 0, err
 		}
 		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.PodSandboxId, SandboxConfig: pc,
 			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "c"}, Image: &runtimeapi.ImageSpec{Image: image},
 				Command: []string{"/bin/sleep", "3600"}, LogPath: "c.log"}})
 		if err != nil {
-			return p.PodSandboxId, 0, err
+			return p.PodSandboxId, "", 0, err
 		}
 		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-			return p.PodSandboxId, 0, err
+			return p.PodSandboxId, "", 0, err
 		}
-		return p.PodSandboxId, time.Since(t0), nil
+		return p.PodSandboxId, c.ContainerId, time.Since(t0), nil
 	}
 	removeAll := func(pods []string, timeStop bool) error {
 		for _, p := range pods {
@@ -341,7 +360,7 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 	}
 	// Warm-up: the first pod pays for the first CNI plugin execs and,
 	// for containerd, the pause image pull.
-	p, _, err := startPod()
+	p, _, _, err := startPod()
 	if err != nil {
 		return res, fmt.Errorf("warm-up pod: %w", err)
 	}
@@ -350,15 +369,16 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 	res.daemonIdleKB = rss(d.cmd.Process.Pid)
 	base := helperMemory(under.kind, d.sock)
 
-	var pods []string
+	var pods, ctrs []string
 	for range seq {
-		p, dt, err := startPod()
+		p, c, dt, err := startPod()
 		if p != "" {
 			pods = append(pods, p)
 		}
 		if err != nil {
 			return res, err
 		}
+		ctrs = append(ctrs, c)
 		res.seq = append(res.seq, dt)
 		if len(pods) == held {
 			time.Sleep(time.Second)
@@ -368,6 +388,11 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 			res.perPodPSSKB = float64(m.pss-base.pss) / float64(held)
 			res.helperRSSKB, res.helperPSSKB = m.rss, m.pss
 		}
+	}
+	// With every sequential pod running: stats, exec.
+	if res.x, err = benchExec(ctx, rt, under.kind, d, ctrs, o); err != nil {
+		removeAll(pods, false)
+		return res, err
 	}
 	if err := removeAll(pods, true); err != nil {
 		return res, err
@@ -383,7 +408,7 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 			mu.Lock()
 			n++
 			mu.Unlock()
-			p, dt, err := startPod()
+			p, _, dt, err := startPod()
 			mu.Lock()
 			defer mu.Unlock()
 			if p != "" {
@@ -411,18 +436,18 @@ func bench(under runtimeUnderTest, regHost, critest string, seq, conc, held int)
 	return res, nil
 }
 
-type mem struct{ rss, pss int64 }
+type mem struct {
+	rss, pss  int64
+	daemonRSS int64 // runtimeMemory: the daemon's share of rss
+}
 
-// helperMemory sums RSS and PSS of what a runtime runs besides its daemon
-// and the containers' own processes: tripod-monitor for tripod, the shims
-// and pause processes for containerd. Only this daemon's (its socket is on
-// their command line; pauses are its shims' children): other runtimes on
-// the node are not counted.
-func helperMemory(kind, sock string) mem {
-	type proc struct {
-		pid, ppid int
-		args      []string
-	}
+type proc struct {
+	pid, ppid int
+	args      []string
+}
+
+// processes lists every process with its parent and command line.
+func processes() []proc {
 	var procs []proc
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -440,14 +465,30 @@ func helperMemory(kind, sock string) mem {
 		}
 		procs = append(procs, proc{pid, ppid, strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")})
 	}
+	return procs
+}
+
+// isHelper says whether p is one of the processes a runtime runs besides
+// its daemon: tripod-monitor for tripod, the shims for containerd. Only
+// this daemon's (its socket is on their command line): other runtimes on
+// the node are not counted.
+func isHelper(kind, sock string, p proc) bool {
+	switch kind {
+	case "tripod":
+		return filepath.Base(p.args[0]) == "tripod-monitor" && slices.Contains(p.args, filepath.Join(filepath.Dir(sock), "state", "runtime", "monitor.sock"))
+	case "containerd":
+		return strings.Contains(p.args[0], "containerd-shim") && slices.Contains(p.args, sock)
+	}
+	return false
+}
+
+// helperMemory sums RSS and PSS of the helpers (isHelper) and, for
+// containerd, the pause processes (its shims' children).
+func helperMemory(kind, sock string) mem {
+	procs := processes()
 	helpers := map[int]bool{}
 	for _, p := range procs {
-		switch kind {
-		case "tripod":
-			helpers[p.pid] = filepath.Base(p.args[0]) == "tripod-monitor" && slices.Contains(p.args, filepath.Join(filepath.Dir(sock), "state", "runtime", "monitor.sock"))
-		case "containerd":
-			helpers[p.pid] = strings.Contains(p.args[0], "containerd-shim") && slices.Contains(p.args, sock)
-		}
+		helpers[p.pid] = isHelper(kind, sock, p)
 	}
 	var m mem
 	for _, p := range procs {
@@ -519,61 +560,89 @@ func removeCgroups(parent string) {
 	}
 }
 
-func pct(ds []time.Duration, p float64) float64 {
+// ms is the p-th percentile of ds in milliseconds, or why there is none.
+func ms(ds []time.Duration, p float64, none string) benchutil.Value {
 	if len(ds) == 0 {
-		return 0
+		return benchutil.NA(none)
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := int(float64(len(s)-1) * p)
-	return float64(s[i].Microseconds()) / 1000
+	return benchutil.Num(benchutil.Millis(benchutil.Pct(ds, p)))
 }
 
-func report(all []results, seq, conc, held int) {
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	header := "metric"
+func report(all []results, seq, conc, held int, o execOpts) benchutil.Result {
+	res := benchutil.Result{Bench: "cri", Title: "CRI runtime: tripodd vs containerd's CRI plugin", Time: time.Now().UTC()}
 	for _, r := range all {
-		header += "\t" + r.name
+		res.Columns = append(res.Columns, r.name)
 	}
-	for _, r := range all[1:] {
-		header += "\ttripod/" + r.name
-	}
-	fmt.Fprintln(tw, header+"\ttarget")
-	row := func(label string, target string, f func(r results) float64, unit string) {
-		line := label
+	row := func(metric, unit string, target, goal float64, f func(r results) benchutil.Value) {
+		rw := benchutil.Row{Metric: metric, Unit: unit, Target: target, Goal: goal}
 		for _, r := range all {
-			line += fmt.Sprintf("\t%.1f %s", f(r), unit)
+			rw.Values = append(rw.Values, f(r))
 		}
-		for _, r := range all[1:] {
-			if f(r) != 0 {
-				line += fmt.Sprintf("\t%.2f", f(all[0])/f(r))
-			} else {
-				line += "\t-"
-			}
-		}
-		fmt.Fprintln(tw, line+"\t"+target)
+		res.Rows = append(res.Rows, rw)
 	}
-	row(fmt.Sprintf("pod start p50 (%d sequential)", seq), "≤ 0.5", func(r results) float64 { return pct(r.seq, .5) }, "ms")
-	row(fmt.Sprintf("pod start p99 (%d sequential)", seq), "", func(r results) float64 { return pct(r.seq, .99) }, "ms")
-	row(fmt.Sprintf("pod start p50 (%d concurrent)", conc), "", func(r results) float64 { return pct(r.conc, .5) }, "ms")
-	row(fmt.Sprintf("pod start p99 (%d concurrent)", conc), "", func(r results) float64 { return pct(r.conc, .99) }, "ms")
-	row("StopPodSandbox p50", "≤ 0.3", func(r results) float64 { return pct(r.stop, .5) }, "ms")
-	row(fmt.Sprintf("RSS added per pod (%d pods)", held), "≤ 1536 kB", func(r results) float64 { return r.perPodRSSKB }, "kB")
-	row(fmt.Sprintf("PSS added per pod (%d pods)", held), "≤ 1024 kB", func(r results) float64 { return r.perPodPSSKB }, "kB")
-	row(fmt.Sprintf("monitors/shims+pause RSS total (%d pods)", held), "", func(r results) float64 { return float64(r.helperRSSKB) / 1024 }, "MB")
-	row(fmt.Sprintf("monitors/shims+pause PSS total (%d pods)", held), "", func(r results) float64 { return float64(r.helperPSSKB) / 1024 }, "MB")
-	row("daemon RSS idle", "", func(r results) float64 { return float64(r.daemonIdleKB) / 1024 }, "MB")
-	row(fmt.Sprintf("daemon RSS at %d pods", held), "≤ 0.5", func(r results) float64 { return float64(r.daemonKB) / 1024 }, "MB")
+	num := benchutil.Num
+	row(fmt.Sprintf("pod start p50 (%d sequential)", seq), "ms", 0.5, 0, func(r results) benchutil.Value { return ms(r.seq, 50, "-") })
+	row(fmt.Sprintf("pod start p99 (%d sequential)", seq), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.seq, 99, "-") })
+	row(fmt.Sprintf("pod start p50 (%d concurrent)", conc), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.conc, 50, "-") })
+	row(fmt.Sprintf("pod start p99 (%d concurrent)", conc), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.conc, 99, "-") })
+	row("StopPodSandbox p50", "ms", 0.3, 0, func(r results) benchutil.Value { return ms(r.stop, 50, "-") })
+	row(fmt.Sprintf("RSS added per pod (%d pods)", held), "kB", 0, 1536, func(r results) benchutil.Value { return num(r.perPodRSSKB) })
+	row(fmt.Sprintf("PSS added per pod (%d pods)", held), "kB", 0, 1024, func(r results) benchutil.Value { return num(r.perPodPSSKB) })
+	row(fmt.Sprintf("monitors/shims+pause RSS total (%d pods)", held), "MB", 0, 0, func(r results) benchutil.Value { return num(float64(r.helperRSSKB) / 1024) })
+	row(fmt.Sprintf("monitors/shims+pause PSS total (%d pods)", held), "MB", 0, 0, func(r results) benchutil.Value { return num(float64(r.helperPSSKB) / 1024) })
+	row("daemon RSS idle", "MB", 0, 0, func(r results) benchutil.Value { return num(float64(r.daemonIdleKB) / 1024) })
+	row(fmt.Sprintf("daemon RSS at %d pods", held), "MB", 0.5, 0, func(r results) benchutil.Value { return num(float64(r.daemonKB) / 1024) })
+	row(fmt.Sprintf("ListContainerStats p50 (%d running pods)", seq), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.x.ctrStats, 50, r.x.ctrStatsNote) })
+	row(fmt.Sprintf("ListPodSandboxStats p50 (%d running pods)", seq), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.x.podStats, 50, r.x.podStatsNote) })
+	row(fmt.Sprintf("ExecSync p50 (%d × true, one container)", o.n), "ms", 0.5, 0, func(r results) benchutil.Value { return ms(r.x.execSync, 50, r.x.execSyncNote) })
+	row(fmt.Sprintf("ExecSync p99 (%d × true, one container)", o.n), "ms", 0, 0, func(r results) benchutil.Value { return ms(r.x.execSync, 99, r.x.execSyncNote) })
+	row(fmt.Sprintf("exec sessions/s (ExecSync true, %d containers at once, %s)", o.containers, o.dur), "/s", 0, 0, func(r results) benchutil.Value {
+		if r.x.execPerSec == 0 {
+			return benchutil.NA(r.x.execSyncNote)
+		}
+		return num(r.x.execPerSec)
+	})
+	res.Rows[len(res.Rows)-1].HigherIsBetter = true
+	row(fmt.Sprintf("idle exec session: RSS added (daemon + monitor/shim; mean of %d)", o.sessions), "kB", 0, 0, func(r results) benchutil.Value {
+		if r.x.sessionNote != "" {
+			return benchutil.NA(r.x.sessionNote)
+		}
+		return num(r.x.sessionRSSKB)
+	})
+	row(fmt.Sprintf("idle exec session: PSS added (daemon + monitor/shim; mean of %d)", o.sessions), "kB", 0, 0, func(r results) benchutil.Value {
+		if r.x.sessionNote != "" {
+			return benchutil.NA(r.x.sessionNote)
+		}
+		return num(r.x.sessionPSSKB)
+	})
+	row("idle exec session: RSS added, of which the daemon's", "kB", 0, 0, func(r results) benchutil.Value {
+		if r.x.sessionNote != "" {
+			return benchutil.NA(r.x.sessionNote)
+		}
+		return num(r.x.sessionDaemonKB)
+	})
 	if all[0].critest != nil {
-		for _, o := range append(critestOps, struct{ file, op string }{"", podContainerOp}) {
-			label := "critest -benchmark " + o.op + " p50"
-			if o.op == podContainerOp {
-				label = "critest -benchmark " + o.op + " (1 run)"
+		for _, op := range append(critestOps, struct{ file, op string }{"", podContainerOp}) {
+			label := "critest -benchmark " + op.op + " p50"
+			if op.op == podContainerOp {
+				label = "critest -benchmark " + op.op + " (1 run)"
 			}
-			row(label, "", func(r results) float64 { return pct(r.critest[o.op], .5) }, "ms")
+			row(label, "ms", 0, 0, func(r results) benchutil.Value { return ms(r.critest[op.op], 50, "-") })
 		}
 	}
-	tw.Flush()
+	res.Notes = append(res.Notes, "runc for every runtime: "+runcVersion(),
+		"ratios are tripod/containerd: below 1 tripod is faster or smaller, except for exec sessions/s, where above 1 is better")
+	return res
+}
+
+// runcVersion names the runc every runtime uses: the first on PATH.
+func runcVersion() string {
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return "none on PATH"
+	}
+	rv, _ := exec.Command(runc, "--version").Output()
+	return fmt.Sprintf("%s (%s)", runc, strings.SplitN(strings.TrimSpace(string(rv)), "\n", 2)[0])
 }
 
 func envOr(k, def string) string {

@@ -4,7 +4,11 @@
 // DeleteVolume over N filesystem volumes, of CreateSnapshot of a volume
 // holding 64 MiB of random data, and the driver's RSS idle and with N
 // volumes live. Everything lives under one temporary directory, removed
-// (unmounted, detached) at the end.
+// (unmounted, detached) at the end. With TRIPOD_BENCH_OUT set it also
+// writes csi.json there: there is no anchor to run here (the hostpath
+// driver is not to be had from the module proxy), so its figures as
+// recorded in docs/csi.md stand beside tripod's, for reading, not as
+// ratios.
 //
 //	TRIPOD_CSI_BIN=bin/tripod-csi go run ./bench/csi
 package main
@@ -324,5 +328,27 @@ func run(n, snaps int, fstype, logLevel string, xfsRoot bool) error {
 	w.Flush()
 	fmt.Printf("\nRSS idle %.1f MiB; with %d volumes live %.1f MiB (right after the last publish: %.1f MiB)\n(target <= 10 MiB; hostpath 16 idle, 21.7 with 100 volumes)\n",
 		float64(idle)/float64(mib), n, float64(live)/float64(mib), float64(busy)/float64(mib))
-	return nil
+
+	res := benchutil.Result{Bench: "csi", Columns: []string{"tripod-csi", "hostpath v1.18.0 (recorded, not run here)"},
+		Title: fmt.Sprintf("tripod-csi through its gRPC socket: %d %s volumes of %d MiB, root on %s", n, fstype, size/mib, rootFS),
+		Notes: []string{"The hostpath driver is not installable here; its column is the figures recorded in docs/csi.md (directories, no size limit), for reading, not for ratios."}}
+	ms := func(metric string, ds []time.Duration, p, goal float64, recorded string) {
+		res.Rows = append(res.Rows, benchutil.Row{Metric: metric, Unit: "ms", Goal: goal,
+			Values: []benchutil.Value{benchutil.Num(benchutil.Millis(benchutil.Pct(ds, p))), benchutil.NA(recorded)}})
+	}
+	ms("CreateVolume p50", create, 50, 0, "0.63 ms")
+	ms("CreateVolume p99", create, 99, 0, "-")
+	ms("NodeStage+NodePublish p50", pub, 50, 10, "7.2 ms (publish alone)")
+	ms("NodeStage+NodePublish p99", pub, 99, 0, "-")
+	ms("NodeUnpublish+NodeUnstage p50", unpub, 50, 10, "9.0 ms (unpublish alone)")
+	ms("NodeUnpublish+NodeUnstage p99", unpub, 99, 0, "-")
+	ms("DeleteVolume p50", del, 50, 0, "0.47 ms")
+	ms("CreateSnapshot of 64 MiB of data p50", snap, 50, 300, "1470 ms")
+	mb := func(metric string, b int64, recorded string) {
+		res.Rows = append(res.Rows, benchutil.Row{Metric: metric, Unit: "MiB", Goal: 10,
+			Values: []benchutil.Value{benchutil.Num(float64(b) / float64(mib)), benchutil.NA(recorded)}})
+	}
+	mb("RSS idle", idle, "16 MiB")
+	mb(fmt.Sprintf("RSS with %d volumes live", n), live, "21.7 MiB (100 volumes)")
+	return res.Save()
 }

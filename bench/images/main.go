@@ -1,9 +1,11 @@
 // Command images benchmarks tripodd's image pull against containerd's CRI
-// plugin (Debian's containerd package): the same multi-layer image from the
+// plugin (Debian's containerd package, and containerd 2 when
+// TRIPOD_CONTAINERD2_DIR holds it): the same multi-layer image from the
 // same registry on 127.0.0.1, pulled and unpacked through the CRI
-// PullImage call into an empty store, alternating which daemon goes first.
+// PullImage call into an empty store, rotating which daemon goes first.
 // It reports wall time and the daemon's peak RSS (VmHWM), and the
-// tripod/containerd ratios.
+// tripod/containerd ratios; with TRIPOD_BENCH_OUT set it also writes
+// images.json there.
 //
 //	TRIPODD=bin/tripodd go run ./bench/images [-rounds 5] [-mb 200] [-layers 6]
 package main
@@ -24,7 +26,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -63,10 +64,23 @@ func run(rounds, mb, nlayers int) error {
 	if tripodd == "" {
 		tripodd = "bin/tripodd"
 	}
+	// The daemons to compare, tripod first.
+	type daemon struct {
+		name string
+		pull func(host, ref string) (result, error)
+	}
+	daemons := []daemon{{"tripod", func(_, ref string) (result, error) { return pullTripod(tripodd, ref) }}}
+	ctd2 := filepath.Join(os.Getenv("TRIPOD_CONTAINERD2_DIR"), "containerd")
+	if v := ctdVersion(ctd2); os.Getenv("TRIPOD_CONTAINERD2_DIR") != "" && v != "" {
+		daemons = append(daemons, daemon{"containerd " + v, func(host, ref string) (result, error) { return pullContainerd(ctd2, 2, host, ref) }})
+	} else {
+		fmt.Println("no containerd 2 (TRIPOD_CONTAINERD2_DIR; make bench-deps builds it): no containerd 2 column")
+	}
 	containerd, err := exec.LookPath("containerd")
 	if err != nil {
 		return fmt.Errorf("containerd not installed (apt-get install containerd): %w", err)
 	}
+	daemons = append(daemons, daemon{"containerd " + ctdVersion(containerd), func(host, ref string) (result, error) { return pullContainerd(containerd, 1, host, ref) }})
 	reg, err := imagetest.Serve(imagetest.Options{})
 	if err != nil {
 		return err
@@ -83,37 +97,36 @@ func run(rounds, mb, nlayers int) error {
 	ref := reg.Host + "/bench/app:1"
 	fmt.Printf("image %s: %d layers, %.1f MB compressed, %d MB unpacked\n\n", ref, nlayers, float64(compressed)/1e6, mb)
 
-	var tri, ctd []result
+	all := make([][]result, len(daemons))
 	for i := range rounds {
-		order := []string{"tripod", "containerd"}
-		if i%2 == 1 {
-			order = []string{"containerd", "tripod"}
-		}
-		for _, who := range order {
-			var r result
-			var err error
-			if who == "tripod" {
-				r, err = pullTripod(tripodd, reg.Host, ref)
-				tri = append(tri, r)
-			} else {
-				r, err = pullContainerd(containerd, reg.Host, ref)
-				ctd = append(ctd, r)
-			}
+		// Rotate who goes first: the page cache and the disk's state
+		// favour no one.
+		for k := range daemons {
+			j := (i + k) % len(daemons)
+			r, err := daemons[j].pull(reg.Host, ref)
 			if err != nil {
-				return fmt.Errorf("round %d %s: %w", i+1, who, err)
+				return fmt.Errorf("round %d %s: %w", i+1, daemons[j].name, err)
 			}
-			fmt.Printf("round %d  %-10s  %6.2fs  peak RSS %6.1f MB  (after: anon %5.1f MB, file %5.1f MB)\n", i+1, who, r.seconds,
+			all[j] = append(all[j], r)
+			fmt.Printf("round %d  %-18s  %6.2fs  peak RSS %6.1f MB  (after: anon %5.1f MB, file %5.1f MB)\n", i+1, daemons[j].name, r.seconds,
 				float64(r.peakKB)/1024, float64(r.anonKB)/1024, float64(r.fileKB)/1024)
 		}
 	}
-	tt, tm := medians(tri)
-	ct, cm := medians(ctd)
+	res := benchutil.Result{Bench: "images", Title: fmt.Sprintf("Image pull + unpack through CRI PullImage, a %d MB image in %d layers (%.1f MB compressed) from a registry on 127.0.0.1, median of %d rounds", mb, nlayers, float64(compressed)/1e6, rounds)}
+	wall := benchutil.Row{Metric: "pull+unpack wall time", Unit: "s", Target: 0.7}
+	peak := benchutil.Row{Metric: "daemon peak RSS", Unit: "MB", Target: 0.5}
+	for j, d := range daemons {
+		res.Columns = append(res.Columns, d.name)
+		sec, kb := medians(all[j])
+		wall.Values = append(wall.Values, benchutil.Num(sec))
+		peak.Values = append(peak.Values, benchutil.Num(kb/1024))
+	}
+	res.Rows = []benchutil.Row{wall, peak}
 	fmt.Println()
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "median of "+strconv.Itoa(rounds)+"\ttripod\tcontainerd "+ctdVersion(containerd)+"\ttripod/containerd\ttarget")
-	fmt.Fprintf(tw, "pull+unpack wall time\t%.2fs\t%.2fs\t%.2f\t<= 0.7\n", tt, ct, tt/ct)
-	fmt.Fprintf(tw, "daemon peak RSS\t%.1f MB\t%.1f MB\t%.2f\t<= 0.5\n", tm/1024, cm/1024, tm/cm)
-	return tw.Flush()
+	if err := res.WriteTable(os.Stdout); err != nil {
+		return err
+	}
+	return res.Save()
 }
 
 func medians(rs []result) (sec, kb float64) {
@@ -127,13 +140,18 @@ func medians(rs []result) (sec, kb float64) {
 	return s[len(s)/2], m[len(m)/2]
 }
 
+// ctdVersion is a containerd binary's version ("2.4.2", "1.6.20"), "" if
+// it does not run.
 func ctdVersion(bin string) string {
-	out, _ := exec.Command(bin, "--version").Output()
+	out, err := exec.Command(bin, "--version").Output()
 	f := strings.Fields(string(out))
-	if len(f) >= 3 {
-		return f[2]
+	if err != nil || len(f) < 3 {
+		return ""
 	}
-	return ""
+	v := strings.TrimPrefix(f[2], "v")
+	v, _, _ = strings.Cut(v, "~")
+	v, _, _ = strings.Cut(v, "+")
+	return v
 }
 
 // buildImage makes nlayers layers of files whose content compresses about
@@ -255,7 +273,7 @@ func freshDir() (string, func(), error) {
 	}, nil
 }
 
-func pullTripod(bin, _ string, ref string) (result, error) {
+func pullTripod(bin, ref string) (result, error) {
 	dir, cleanup, err := freshDir()
 	if err != nil {
 		return result{}, err
@@ -268,7 +286,9 @@ func pullTripod(bin, _ string, ref string) (result, error) {
 	return measure(cmd, sock, ref)
 }
 
-func pullContainerd(bin, host, ref string) (result, error) {
+// pullContainerd pulls with the containerd binary bin, of major version
+// major (which config format it reads).
+func pullContainerd(bin string, major int, host, ref string) (result, error) {
 	dir, cleanup, err := freshDir()
 	if err != nil {
 		return result{}, err
@@ -283,11 +303,15 @@ func pullContainerd(bin, host, ref string) (result, error) {
 	if err := os.WriteFile(filepath.Join(certs, host, "hosts.toml"), []byte(hosts), 0o644); err != nil {
 		return result{}, err
 	}
-	cfg := benchutil.ContainerdConfig{
+	c := benchutil.ContainerdConfig{
 		Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"), Socket: sock,
 		SandboxImage: "registry.k8s.io/pause:3.10", CertsDir: certs,
 		CNIBinDir: filepath.Join(dir, "cni-bin"), CNIConfDir: filepath.Join(dir, "cni-conf"),
-	}.TOML()
+	}
+	cfg := c.TOML()
+	if major >= 2 {
+		cfg = c.TOML2()
+	}
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return result{}, err
