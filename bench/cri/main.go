@@ -21,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -530,17 +531,9 @@ func rss(pid int) int64 {
 }
 
 func unmountUnder(dir string) {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var mps []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			mps = append(mps, f[4])
-		}
-	}
-	slices.Sort(mps)
-	for i := len(mps) - 1; i >= 0; i-- {
-		syscall.Unmount(mps[i], syscall.MNT_DETACH)
+	mps, _ := mountinfo.Under(dir)
+	for _, mp := range mps {
+		syscall.Unmount(mp, syscall.MNT_DETACH)
 	}
 }
 

@@ -19,10 +19,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -108,16 +108,11 @@ func (d *driver) stop() {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	d.cmd.Wait()
 	root := filepath.Join(d.dir, "root")
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	var mps []string
-	for line := range strings.SplitSeq(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], d.dir+"/") && f[4] != root {
-			mps = append(mps, f[4])
-		}
-	}
-	slices.SortFunc(mps, func(a, b string) int { return len(b) - len(a) })
+	mps, _ := mountinfo.Under(d.dir)
 	for _, mp := range mps {
-		unix.Unmount(mp, unix.MNT_DETACH)
+		if mp != d.dir && mp != root {
+			unix.Unmount(mp, unix.MNT_DETACH)
+		}
 	}
 	if devs, err := loop.List(); err == nil {
 		for _, l := range devs {

@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"io"
 	"net"
 	"net/http"
@@ -24,7 +25,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -291,16 +291,11 @@ func (s *stack) teardown(ctx context.Context) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	time.Sleep(200 * time.Millisecond)
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	var mps []string
-	for _, l := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], s.dir+"/") {
-			mps = append(mps, f[4])
-		}
-	}
-	slices.SortFunc(mps, func(a, b string) int { return len(b) - len(a) })
+	mps, _ := mountinfo.Under(s.dir)
 	for _, mp := range mps {
-		unix.Unmount(mp, unix.MNT_DETACH)
+		if mp != s.dir {
+			unix.Unmount(mp, unix.MNT_DETACH)
+		}
 	}
 	hierarchies, _ := filepath.Glob("/sys/fs/cgroup/*")
 	for _, h := range hierarchies {

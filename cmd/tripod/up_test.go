@@ -1,10 +1,10 @@
 package main_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"io"
 	"net"
 	"os"
@@ -186,19 +186,11 @@ func (e *upEnv) cgroupProcs() []int {
 
 // mounts lists the mount points under e.dir.
 func (e *upEnv) mounts() []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	mps, err := mountinfo.Under(e.dir)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fs := strings.Fields(sc.Text()); len(fs) > 4 && strings.HasPrefix(fs[4], e.dir+"/") {
-			out = append(out, fs[4])
-		}
-	}
-	return out
+	return slices.DeleteFunc(mps, func(mp string) bool { return mp == e.dir })
 }
 
 // sockets lists the unix sockets left under e.dir.

@@ -15,3 +15,26 @@ func TestUnescape(t *testing.T) {
 		}
 	}
 }
+
+func TestUnder(t *testing.T) {
+	// /proc is mounted in every namespace this runs in; /proc's own
+	// submounts (if any) come first, and a sibling prefix never matches.
+	got, err := Under("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) == 0 || got[len(got)-1] != "/proc" {
+		t.Fatalf("Under(/proc) = %q, want it last", got)
+	}
+	for i, mp := range got {
+		if mp != "/proc" && len(mp) <= len("/proc/") {
+			t.Errorf("%q is not under /proc", mp)
+		}
+		if i > 0 && len(mp) > len(got[i-1]) {
+			t.Errorf("%q after the shorter %q: not deepest first", mp, got[i-1])
+		}
+	}
+	if got, _ := Under("/pro"); len(got) != 0 {
+		t.Errorf("Under(/pro) = %q: a sibling prefix matched", got)
+	}
+}

@@ -5,10 +5,10 @@
 package csitest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tripod-dev/tripod/internal/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,32 +277,7 @@ func (d *Driver) Path(parts ...string) string {
 }
 
 // Mounts lists the mount points under dir, deepest first.
-func Mounts(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescape(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
-	return out, sc.Err()
-}
-
-func unescape(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
-}
+func Mounts(dir string) ([]string, error) { return mountinfo.Under(dir) }
 
 // Loops lists loop devices whose backing file is under dir.
 func Loops(dir string) ([]loop.Device, error) {
