@@ -117,8 +117,8 @@ func (m *Manager) logCRIUTail(id, log string) {
 		return
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 400 {
-		lines = lines[len(lines)-400:]
+	if len(lines) > 60 {
+		lines = lines[len(lines)-60:]
 	}
 	m.log.Warn("CRIU failed", "container", id, "log", log, "tail", strings.Join(lines, "\n"))
 }

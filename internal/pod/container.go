@@ -158,14 +158,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if !ready {
 		return nil, fmt.Errorf("pod %s is not ready: %w", p.ID, errdefs.ErrFailedPrecondition)
 	}
-	if err := m.checkContainerSecurity(ctx, p, &cfg); err != nil {
-		return nil, err
-	}
-	if m.images == nil {
-		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
-	}
 	// A checkpoint archive as the image: a restore (see restore.go). It
-	// is read whole and checked before anything is made.
+	// is read whole and checked before anything is made, and its
+	// process and mounts are checked as a request's would be.
 	var ckpt *checkpointArchive
 	lookup := cfg.Image
 	if isArchiveRef(cfg.Image) {
@@ -177,6 +172,12 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		}
 		ckpt.apply(&cfg)
 		lookup = ckpt.imageRef()
+	}
+	if err := m.checkContainerSecurity(ctx, p, &cfg); err != nil {
+		return nil, err
+	}
+	if m.images == nil {
+		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
 	}
 	img, err := m.images.Lookup(lookup)
 	if err != nil {
@@ -565,6 +566,14 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	st := c.State
 	m.mu.Unlock()
 	if st != Running && st != Created {
+		return nil
+	}
+	m.mu.Lock()
+	unrestored := c.Restore != ""
+	m.mu.Unlock()
+	if unrestored {
+		// Created from a checkpoint and never started: nothing runs.
+		m.setExit(c, monitor.Exit{FinishedAt: time.Now().UnixNano()})
 		return nil
 	}
 	if st == Running && timeout > 0 {

@@ -55,7 +55,6 @@ type checkpointArchive struct {
 	config  checkpointConfig
 	spec    specs.Spec
 	deleted []string
-	diff    bool // rootfs-diff.tar is there
 }
 
 // isArchiveRef reports whether a CreateContainer image names a checkpoint
@@ -148,7 +147,6 @@ func openCheckpoint(p string) (*checkpointArchive, error) {
 			if err := checkDiff(tar.NewReader(tr)); err != nil {
 				return nil, badArchive(p, "%s: %v", name, err)
 			}
-			a.diff = true
 		}
 	}
 	for _, need := range []string{ckptConfig, ckptSpec, ckptImages + "/inventory.img"} {
