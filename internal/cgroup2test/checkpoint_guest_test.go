@@ -277,6 +277,20 @@ func TestGuestCheckpointRestore(t *testing.T) {
 		t.Fatalf("the restored root file system: %q (want /marker, and /etc/group deleted)", out)
 	}
 
+	// The restored process runs in the new container's cgroup, which its
+	// stats come from.
+	ipid, err := os.ReadFile(filepath.Join(e.state, "runtime", "containers", id, "init.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if procs := readCgroup(t, filepath.Join(e.cgroupParent, id), "cgroup.procs"); !strings.Contains("\n"+procs+"\n", "\n"+strings.TrimSpace(string(ipid))+"\n") {
+		t.Fatalf("the restored init %s is not in its container's cgroup: %q", ipid, procs)
+	}
+	stats, err := e.rt.ContainerStats(c, &runtimeapi.ContainerStatsRequest{ContainerId: id})
+	if err != nil || stats.Stats.GetMemory().GetWorkingSetBytes().GetValue() == 0 || stats.Stats.GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
+		t.Fatalf("ContainerStats of the restored container: %v %v", stats, err)
+	}
+
 	// A new monitor adopts the restored container as any other.
 	old, err := daemonctl.ReadPIDFile(filepath.Join(e.state, "runtime", monitor.PIDFile))
 	if err != nil {
