@@ -135,6 +135,24 @@ func openStdioPipe(pid int, ino uint64, fd int) *os.File {
 	return nil
 }
 
+// findStdioPipe opens a container's stdio pipe through its init, else
+// through any process of its cgroup (the one whose oomFile is given): the
+// init may have closed its own copy while a child writes on.
+func findStdioPipe(pid int, oomFile string, ino uint64, fd int) *os.File {
+	if f := openStdioPipe(pid, ino, fd); f != nil || oomFile == "" {
+		return f
+	}
+	b, _ := os.ReadFile(filepath.Join(filepath.Dir(oomFile), "cgroup.procs"))
+	for _, p := range strings.Fields(string(b)) {
+		if other, err := strconv.Atoi(p); err == nil && other != pid {
+			if f := openStdioPipe(other, ino, fd); f != nil {
+				return f
+			}
+		}
+	}
+	return nil
+}
+
 // openFIFO makes a FIFO at path and opens both ends. The container's end
 // is opened read-write: the FIFO then always has a reader, so a container
 // writing while no monitor reads never gets EPIPE (or SIGPIPE); it blocks
@@ -242,7 +260,7 @@ func (s *Server) adopt(req Request) (Reply, error) {
 	}
 	var streams [2]*os.File
 	if rec.StdoutPipe != 0 {
-		streams[0], streams[1] = openStdioPipe(c.pid, rec.StdoutPipe, 1), openStdioPipe(c.pid, rec.StderrPipe, 2)
+		streams[0], streams[1] = findStdioPipe(c.pid, rec.OOMFile, rec.StdoutPipe, 1), findStdioPipe(c.pid, rec.OOMFile, rec.StderrPipe, 2)
 	} else {
 		for i, name := range []string{StdoutFIFO, StderrFIFO} {
 			if f, err := openFIFOReader(filepath.Join(req.Bundle, name)); err == nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -112,6 +113,16 @@ func TestStdioPipeOutlivesReader(t *testing.T) {
 	if f := openStdioPipe(os.Getpid(), ino+1, int(w.Fd())); f != nil {
 		f.Close()
 		t.Fatal("a pipe of another inode was opened")
+	}
+	// Found through another process of the cgroup when the init (here
+	// a PID that is not) lacks it.
+	cg := t.TempDir()
+	os.WriteFile(filepath.Join(cg, "memory.events"), nil, 0o644)
+	os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644)
+	if f := findStdioPipe(1<<22, filepath.Join(cg, "memory.events"), ino, 1); f == nil {
+		t.Fatal("the pipe was not found through the cgroup's other processes")
+	} else {
+		f.Close()
 	}
 	// Found by its inode though not at the fd number given.
 	r2 := openStdioPipe(os.Getpid(), ino, 1<<20)
