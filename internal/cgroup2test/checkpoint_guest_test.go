@@ -269,12 +269,20 @@ func TestGuestCheckpointRestore(t *testing.T) {
 	}
 	t.Logf("the restored container's log starts at tick %d", first)
 	waitLog(t, logPath, fmt.Sprintf("tick %d\n", dumped+5))
-	ex, err := e.rt.ExecSync(c, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", "cat /marker; ls /etc/group 2>&1; cat /etc/hostname"}, Timeout: 60})
+	ex, err := e.rt.ExecSync(c, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", "cat /marker; ls /etc/group 2>&1; cat /etc/hostname; hostname; ip -4 -o addr show eth0"}, Timeout: 60})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out := string(ex.Stdout); !strings.HasPrefix(out, "before\n") || !strings.Contains(out, "No such file") {
 		t.Fatalf("the restored root file system: %q (want /marker, and /etc/group deleted)", out)
+	}
+	// The new pod's hostname, files and network, not the old pod's.
+	ps, err := e.rt.PodSandboxStatus(c, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := string(ex.Stdout); !strings.Contains(out, "\nck2\nck2\n") || !strings.Contains(out, " "+ps.Status.Network.Ip+"/") {
+		t.Fatalf("the restored container is not in the new pod (hostname ck2, IP %s): %q", ps.Status.Network.Ip, out)
 	}
 
 	// The restored process runs in the new container's cgroup, which its

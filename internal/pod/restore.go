@@ -19,6 +19,7 @@ import (
 
 	"github.com/tripod-dev/tripod/internal/errdefs"
 	"github.com/tripod-dev/tripod/internal/monitor"
+	"github.com/tripod-dev/tripod/internal/netns"
 	"github.com/tripod-dev/tripod/internal/oci"
 )
 
@@ -468,7 +469,17 @@ func (m *Manager) restore(ctx context.Context, c *Container) error {
 	m.mu.Lock()
 	c.Pid = rep.Pid
 	c.Restore = ""
+	p := m.pods[c.PodID]
 	m.mu.Unlock()
+	// CRIU joins the pod's UTS namespace, as runc asks, but then sets the
+	// host name it dumped there: the old pod's. The pod's own goes back.
+	if p != nil {
+		if path, ok := p.Namespaces[netns.UTS]; ok {
+			if err := setHostname(path, p.hostname()); err != nil {
+				m.log.Warn("resetting the pod's host name after a restore", "pod", p.ID, "container", c.ID, "err", err)
+			}
+		}
+	}
 	if err := os.RemoveAll(filepath.Join(c.Bundle, restoreDir)); err != nil {
 		m.log.Warn("removing restored CRIU images", "container", c.ID, "err", err)
 	}
