@@ -20,9 +20,12 @@ APT_PACKAGES += e2fsprogs xfsprogs util-linux
 # A current runc is built from source (Debian's 1.1 predates idmapped
 # mounts, which user namespaces need); seccomp support needs libseccomp.
 APT_PACKAGES += libseccomp-dev pkg-config gcc libc6-dev
-# CheckpointContainer dumps through CRIU (see docs/runtime.md for why it
-# cannot run on kernels >= 6.13 with bookworm's 3.17).
-APT_PACKAGES += criu
+# CheckpointContainer dumps and StartContainer restores through CRIU (see
+# docs/runtime.md for why it cannot run on kernels >= 6.13 with bookworm's
+# 3.17; the QEMU guest test runs it on a 6.1 kernel). CRIU locks a pod's
+# network with iptables-restore, and saves tmpfs mounts with GNU tar: the
+# guest gets the host's.
+APT_PACKAGES += criu iptables tar
 # critest's look-alike images copy pgrep (procps) and ipcs (util-linux) from the host.
 APT_PACKAGES += procps
 # systemd-analyze verifies the systemd units make install writes.

@@ -17,11 +17,12 @@ import (
 // A monitor can die (a kill -9, the OOM killer) while its containers run
 // on. Their inits are then reparented to the node's init, and the next
 // monitor can never reap them; what it can do is adopt them: signal and
-// watch them through a pidfd, read their logs again from the FIFOs in the
-// bundle, and find out how they ended as well as the kernel still tells.
+// watch them through a pidfd, read their logs again from their stdio pipes
+// (or the FIFOs in the bundle that earlier monitors gave containers), and
+// find out how they ended as well as the kernel still tells.
 
-// The container's stdout and stderr FIFOs, and the monitor's record, in
-// its bundle.
+// The container's stdout and stderr FIFOs (of containers that earlier
+// monitors made), and the monitor's record, in its bundle.
 const (
 	StdoutFIFO = "stdout.fifo"
 	StderrFIFO = "stderr.fifo"
@@ -36,6 +37,10 @@ type record struct {
 	OOMFile string `json:"oomFile,omitempty"`
 	OOMBase int64  `json:"oomBase"`
 	LogPath string `json:"logPath,omitempty"`
+	// The inodes of the stdout and stderr pipes (see stdioPipe); none
+	// in records of containers given FIFOs in the bundle.
+	StdoutPipe uint64 `json:"stdoutPipe,omitempty"`
+	StderrPipe uint64 `json:"stderrPipe,omitempty"`
 }
 
 func writeRecord(bundle string, r record) error {
@@ -57,6 +62,95 @@ func readRecord(bundle string) (record, error) {
 		return r, fmt.Errorf("%s: %w", RecordFile, err)
 	}
 	return r, nil
+}
+
+// stdioPipe makes a pipe for a container's stdout or stderr: r for this
+// process, w for the container. w is the pipe opened again, read-write,
+// through /proc: the pipe then always has a reader, so a container
+// writing while no monitor reads never gets EPIPE (or SIGPIPE); it blocks
+// once the pipe buffer is full, until a monitor reads again, one that
+// opens the pipe anew through the container's /proc/PID/fd (see
+// openStdioPipe). A pipe, not a FIFO on a host file system: CRIU dumps a
+// pipe, and runc hands a restore the new container's pipes in its place;
+// a FIFO outside the container's mounts it cannot dump.
+func stdioPipe() (r, w *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	defer unix.Close(p[1])
+	// Blocking, as a container's stdout must be.
+	wfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", p[0]), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(p[0])
+		return nil, nil, fmt.Errorf("reopen pipe: %w", err)
+	}
+	// Non-blocking, so reads go through Go's poller.
+	if err := unix.SetNonblock(p[0], true); err != nil {
+		unix.Close(p[0])
+		unix.Close(wfd)
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(p[0]), "stdio"), os.NewFile(uintptr(wfd), "stdio"), nil
+}
+
+// inode is an open file's inode number (0 if unknown).
+func inode(f *os.File) uint64 {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// openStdioPipe opens, for reading, the pipe of inode ino that process
+// pid holds (its fd 1 or 2 unless it moved them: then any of its
+// descriptors), or nil.
+func openStdioPipe(pid int, ino uint64, fd int) *os.File {
+	try := func(path string) *os.File {
+		rfd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Fstat(rfd, &st) != nil || st.Ino != ino || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			unix.Close(rfd)
+			return nil
+		}
+		return os.NewFile(uintptr(rfd), "stdio")
+	}
+	if f := try(fmt.Sprintf("/proc/%d/fd/%d", pid, fd)); f != nil {
+		return f
+	}
+	want := fmt.Sprintf("pipe:[%d]", ino)
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if link, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && link == want {
+			if f := try(filepath.Join(dir, e.Name())); f != nil {
+				return f
+			}
+		}
+	}
+	return nil
+}
+
+// findStdioPipe opens a container's stdio pipe through its init, else
+// through any process of its cgroup (the one whose oomFile is given): the
+// init may have closed its own copy while a child writes on.
+func findStdioPipe(pid int, oomFile string, ino uint64, fd int) *os.File {
+	if f := openStdioPipe(pid, ino, fd); f != nil || oomFile == "" {
+		return f
+	}
+	b, _ := os.ReadFile(filepath.Join(filepath.Dir(oomFile), "cgroup.procs"))
+	for _, p := range strings.Fields(string(b)) {
+		if other, err := strconv.Atoi(p); err == nil && other != pid {
+			if f := openStdioPipe(other, ino, fd); f != nil {
+				return f
+			}
+		}
+	}
+	return nil
 }
 
 // openFIFO makes a FIFO at path and opens both ends. The container's end
@@ -165,9 +259,13 @@ func (s *Server) adopt(req Request) (Reply, error) {
 		return Reply{}, err
 	}
 	var streams [2]*os.File
-	for i, name := range []string{StdoutFIFO, StderrFIFO} {
-		if f, err := openFIFOReader(filepath.Join(req.Bundle, name)); err == nil {
-			streams[i] = f
+	if rec.StdoutPipe != 0 {
+		streams[0], streams[1] = findStdioPipe(c.pid, rec.OOMFile, rec.StdoutPipe, 1), findStdioPipe(c.pid, rec.OOMFile, rec.StderrPipe, 2)
+	} else {
+		for i, name := range []string{StdoutFIFO, StderrFIFO} {
+			if f, err := openFIFOReader(filepath.Join(req.Bundle, name)); err == nil {
+				streams[i] = f
+			}
 		}
 	}
 	if got := s.register(c); got != c {

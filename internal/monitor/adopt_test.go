@@ -2,7 +2,9 @@ package monitor
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -81,6 +83,51 @@ func TestFIFOOutlivesReader(t *testing.T) {
 	r2, err := openFIFOReader(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer r2.Close()
+	buf := make([]byte, 64)
+	n, err := r2.Read(buf)
+	if err != nil || string(buf[:n]) != "while nobody reads\n" {
+		t.Fatalf("read %q %v", buf[:n], err)
+	}
+}
+
+// A stdio pipe's container end keeps it writable with no monitor reading,
+// and a successor reopening it through the holder's /proc/PID/fd (here
+// this process's) gets what was written meanwhile; a wrong inode finds
+// nothing.
+func TestStdioPipeOutlivesReader(t *testing.T) {
+	r, w, err := stdioPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ino := inode(r)
+	if link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", w.Fd())); err != nil || link != fmt.Sprintf("pipe:[%d]", ino) {
+		t.Fatalf("the container's end is %q (%v), not the pipe %d", link, err, ino)
+	}
+	r.Close() // the monitor dies
+	if _, err := w.Write([]byte("while nobody reads\n")); err != nil {
+		t.Fatalf("write with no reader: %v", err)
+	}
+	if f := openStdioPipe(os.Getpid(), ino+1, int(w.Fd())); f != nil {
+		f.Close()
+		t.Fatal("a pipe of another inode was opened")
+	}
+	// Found through another process of the cgroup when the init (here
+	// a PID that is not) lacks it.
+	cg := t.TempDir()
+	os.WriteFile(filepath.Join(cg, "memory.events"), nil, 0o644)
+	os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644)
+	if f := findStdioPipe(1<<22, filepath.Join(cg, "memory.events"), ino, 1); f == nil {
+		t.Fatal("the pipe was not found through the cgroup's other processes")
+	} else {
+		f.Close()
+	}
+	// Found by its inode though not at the fd number given.
+	r2 := openStdioPipe(os.Getpid(), ino, 1<<20)
+	if r2 == nil {
+		t.Fatal("the pipe was not found through /proc")
 	}
 	defer r2.Close()
 	buf := make([]byte, 64)

@@ -45,9 +45,14 @@ type Request struct {
 	// TTY (create, exec) gives the process a pseudo-terminal; Stdin
 	// (create, exec, attach) a stdin pipe; StdinOnce (create) closes the
 	// container's stdin when the first attach that used it ends.
-	TTY       bool `json:"tty,omitempty"`
-	Stdin     bool `json:"stdin,omitempty"`
-	StdinOnce bool `json:"stdinOnce,omitempty"`
+	// Restore (create) makes the container by the runtime's restore
+	// --detach from a checkpoint, these being the restore's own flags
+	// (CRIU images, work directory...), in place of create: the restored
+	// init is adopted as a created one. Not with TTY.
+	Restore   []string `json:"restore,omitempty"`
+	TTY       bool     `json:"tty,omitempty"`
+	Stdin     bool     `json:"stdin,omitempty"`
+	StdinOnce bool     `json:"stdinOnce,omitempty"`
 	// For exec: the command and extra environment.
 	Args []string `json:"args,omitempty"`
 	Env  []string `json:"env,omitempty"`

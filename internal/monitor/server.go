@@ -265,7 +265,17 @@ func (s *Server) create(req Request) (int, error) {
 	pidFile := filepath.Join(req.Bundle, "init.pid")
 	logFile := filepath.Join(req.Bundle, "runtime.log")
 	args := append([]string{req.Runtime}, req.RuntimeArgs...)
-	args = append(args, "--log", logFile, "--log-format", "json", "create", "--bundle", req.Bundle, "--pid-file", pidFile)
+	verb := "create"
+	args = append(args, "--log", logFile, "--log-format", "json")
+	if req.Restore != nil {
+		if req.TTY {
+			return 0, errors.New("create: restoring a container with a TTY is not supported")
+		}
+		verb = "restore"
+		args = append(append(args, "restore", "--detach", "--bundle", req.Bundle, "--pid-file", pidFile), req.Restore...)
+	} else {
+		args = append(args, "create", "--bundle", req.Bundle, "--pid-file", pidFile)
+	}
 	var console *net.UnixListener
 	if req.TTY {
 		l, path, err := s.listenConsole()
@@ -276,16 +286,16 @@ func (s *Server) create(req Request) (int, error) {
 		console = l
 		args = append(args, "--console-socket", path)
 	} else {
-		// FIFOs in the bundle rather than anonymous pipes: a monitor
-		// started after this one died can open them again and resume
-		// the logs. (A TTY's master and a stdin pipe cannot be reopened:
-		// they go with this process.)
+		// Pipes that a monitor started after this one died can open
+		// again through /proc to resume the logs (see stdioPipe). (A
+		// TTY's master and a stdin pipe cannot be reopened: they go with
+		// this process.)
 		var outW, errW *os.File
-		if outR, outW, err = openFIFO(filepath.Join(req.Bundle, StdoutFIFO)); err != nil {
+		if outR, outW, err = stdioPipe(); err != nil {
 			return 0, err
 		}
 		opened = append(opened, outR, outW)
-		if errR, errW, err = openFIFO(filepath.Join(req.Bundle, StderrFIFO)); err != nil {
+		if errR, errW, err = stdioPipe(); err != nil {
 			return 0, err
 		}
 		opened = append(opened, errR, errW)
@@ -326,7 +336,7 @@ func (s *Server) create(req Request) (int, error) {
 		}
 	}
 	if !ws.Exited() || ws.ExitStatus() != 0 {
-		return 0, fmt.Errorf("%s create: %s: %s", req.Runtime, describe(ws), runtimeError(logFile))
+		return 0, fmt.Errorf("%s %s: %s: %s", req.Runtime, verb, describe(ws), runtimeError(logFile))
 	}
 	if console != nil && c.master == nil {
 		// The caller's rollback deletes what the runtime created.
@@ -334,11 +344,11 @@ func (s *Server) create(req Request) (int, error) {
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		return 0, fmt.Errorf("%s create: pid file: %w", req.Runtime, err)
+		return 0, fmt.Errorf("%s %s: pid file: %w", req.Runtime, verb, err)
 	}
 	c.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	if c.pid <= 0 {
-		return 0, fmt.Errorf("%s create: bad pid file %q", req.Runtime, b)
+		return 0, fmt.Errorf("%s %s: bad pid file %q", req.Runtime, verb, b)
 	}
 	if req.TTY && req.Stdin {
 		c.stdin = c.master
@@ -346,7 +356,11 @@ func (s *Server) create(req Request) (int, error) {
 	c.oomBase = oomKills(c.oomFile)
 	// What a successor needs to adopt the container should this process
 	// die: who the init is, and the OOM counter's starting point.
-	if err := writeRecord(req.Bundle, record{Pid: c.pid, Start: startTime(c.pid), OOMFile: c.oomFile, OOMBase: c.oomBase, LogPath: c.logPath}); err != nil {
+	rec := record{Pid: c.pid, Start: startTime(c.pid), OOMFile: c.oomFile, OOMBase: c.oomBase, LogPath: c.logPath}
+	if outR != nil && errR != nil {
+		rec.StdoutPipe, rec.StderrPipe = inode(outR), inode(errR)
+	}
+	if err := writeRecord(req.Bundle, rec); err != nil {
 		return 0, fmt.Errorf("monitor record: %w", err)
 	}
 	ok = true

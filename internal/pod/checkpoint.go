@@ -90,6 +90,7 @@ func (m *Manager) Checkpoint(ctx context.Context, id, location string, timeout t
 		if ctx.Err() != nil {
 			return fmt.Errorf("checkpoint %s: %w", c.ID, ctx.Err())
 		}
+		m.logCRIUTail(c.ID, filepath.Join(work, "dump.log"))
 		if why := criuErrors(filepath.Join(work, "dump.log")); why != "" {
 			return fmt.Errorf("checkpoint %s: CRIU cannot dump on this node: %s: %w", c.ID, why, errdefs.ErrFailedPrecondition)
 		}
@@ -105,6 +106,21 @@ func (m *Manager) Checkpoint(ctx context.Context, id, location string, timeout t
 		return err
 	}
 	return writeCheckpointArchive(ctx, location, images, filepath.Join(c.RWDir, "upper"), map[string][]byte{ckptSpec: spec, ckptConfig: cfg})
+}
+
+// logCRIUTail puts the end of a failed CRIU run's log into tripodd's log:
+// the log goes with the failed operation's work directory, and CRIU's
+// error lines alone seldom tell why.
+func (m *Manager) logCRIUTail(id, log string) {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 60 {
+		lines = lines[len(lines)-60:]
+	}
+	m.log.Warn("CRIU failed", "container", id, "log", log, "tail", strings.Join(lines, "\n"))
 }
 
 // criuErrors picks CRIU's error lines out of its log, or "".
@@ -244,48 +260,4 @@ func tarDir(ctx context.Context, tw *tar.Writer, dir, prefix string, whiteouts b
 		return nil
 	})
 	return deleted, err
-}
-
-// checkRestore answers a CreateContainer whose image is a checkpoint
-// archive (the CRI's restore path: kubelet, CRI-O and containerd pass the
-// archive's path as the image): restoring needs CRIU, and this tripodd
-// does not restore yet. Any other image is nil.
-func checkRestore(ctx context.Context, ref string) error {
-	if !filepath.IsAbs(ref) || !isCheckpointArchive(ref) {
-		return nil
-	}
-	out, err := exec.CommandContext(ctx, "criu", "check").CombinedOutput()
-	if err != nil {
-		why := strings.Join(strings.Fields(string(out)), " ")
-		if why == "" {
-			why = err.Error()
-		}
-		return fmt.Errorf("config.image: %s is a checkpoint archive; restoring it needs CRIU, which cannot run on this node: %s: %w", ref, why, errdefs.ErrFailedPrecondition)
-	}
-	return fmt.Errorf("config.image: %s is a checkpoint archive; restoring checkpoints is not implemented by this tripodd: %w", ref, errdefs.ErrFailedPrecondition)
-}
-
-// isCheckpointArchive reports whether path is a tar holding a checkpoint's
-// config.dump and spec.dump.
-func isCheckpointArchive(path string) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return false
-	}
-	tr := tar.NewReader(f)
-	seen := 0
-	for seen < 2 {
-		hdr, err := tr.Next()
-		if err != nil {
-			return false
-		}
-		if hdr.Name == ckptConfig || hdr.Name == ckptSpec {
-			seen++
-		}
-	}
-	return true
 }

@@ -84,6 +84,10 @@ type Container struct {
 	User *specs.User `json:"user,omitempty"`
 	// ImageVolumes are the image mounts as made (their layers are in use).
 	ImageVolumes []ImageVolume `json:"imageVolumes,omitempty"`
+	// Restore is, until StartContainer restores it, the directory in
+	// the bundle with the CRIU images of the checkpoint this container
+	// is created from.
+	Restore string `json:"restore,omitempty"`
 	// starting is set while StartContainer runs the runtime's start.
 	starting bool
 }
@@ -154,17 +158,33 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 	if !ready {
 		return nil, fmt.Errorf("pod %s is not ready: %w", p.ID, errdefs.ErrFailedPrecondition)
 	}
+	// A checkpoint archive as the image: a restore (see restore.go). It
+	// is read whole and checked before anything is made, and its
+	// process and mounts are checked as a request's would be.
+	var ckpt *checkpointArchive
+	lookup := cfg.Image
+	if isArchiveRef(cfg.Image) {
+		if err := criuCheck(ctx, "config.image: "+cfg.Image+" is a checkpoint archive; restoring it"); err != nil {
+			return nil, err
+		}
+		if ckpt, err = openCheckpoint(cfg.Image); err != nil {
+			return nil, err
+		}
+		ckpt.apply(&cfg)
+		lookup = ckpt.imageRef()
+	}
 	if err := m.checkContainerSecurity(ctx, p, &cfg); err != nil {
 		return nil, err
 	}
 	if m.images == nil {
 		return nil, fmt.Errorf("no image service: %w", errdefs.ErrUnavailable)
 	}
-	if err := checkRestore(ctx, cfg.Image); err != nil {
-		return nil, err
-	}
-	img, err := m.images.Lookup(cfg.Image)
+	img, err := m.images.Lookup(lookup)
 	if err != nil {
+		if ckpt != nil {
+			return nil, fmt.Errorf("config.image: checkpoint archive %s was taken of a container of image %s (%s), which is not in the image store (pull it first): %w",
+				ckpt.path, ckpt.config.RootfsImageName, ckpt.config.RootfsImageRef, err)
+		}
 		return nil, fmt.Errorf("config.image %q: %w", cfg.Image, err)
 	}
 	raw, err := m.images.Config(img)
@@ -235,6 +255,12 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		return nil, err
 	}
 	u.add(func(context.Context) error { return m.unmountImageVolumes(c) })
+	if ckpt != nil {
+		c.Restore = filepath.Join(c.Bundle, restoreDir)
+		if err := ckpt.unpack(ctx, c.Restore, root); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+	}
 	m.phase("rootfs", t)
 	m.crashpoint("ctr-rootfs")
 
@@ -270,10 +296,15 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg Contain
 		m.runtime(ctx, c, "delete", "--force", c.ID)
 		return nil
 	})
-	rep, err := m.monitor().Call(ctx, monitor.Request{Op: "create", ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args,
-		LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath), TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce})
-	if err != nil {
-		return nil, fmt.Errorf("create container: %w", err)
+	// A restored container has no runtime create: StartContainer's
+	// restore makes and starts it in one.
+	var rep monitor.Reply
+	if ckpt == nil {
+		rep, err = m.monitor().Call(ctx, monitor.Request{Op: "create", ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args,
+			LogPath: c.FullLog, OOMFile: m.oomFile(spec.Linux.CgroupsPath), TTY: c.TTY, Stdin: c.Stdin, StdinOnce: c.StdinOnce})
+		if err != nil {
+			return nil, fmt.Errorf("create container: %w", err)
+		}
 	}
 	m.phase("oci_create", t)
 	m.crashpoint("ctr-create")
@@ -323,10 +354,13 @@ func (m *Manager) spec(p *Pod, c *Container, img *v1.Config, root string) (*spec
 		return nil, err
 	}
 	spec, err := oci.Generate(in)
-	if err == nil && c.TTY {
+	if err != nil {
+		return nil, err
+	}
+	if c.TTY {
 		withTerminal(spec)
 	}
-	return spec, err
+	return spec, nil
 }
 
 // StartContainer starts a created container.
@@ -351,7 +385,11 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	t := time.Now()
-	err = m.runtime(ctx, c, "start", c.ID)
+	if c.Restore != "" {
+		err = m.restore(ctx, c)
+	} else {
+		err = m.runtime(ctx, c, "start", c.ID)
+	}
 	m.mu.Lock()
 	c.starting = false
 	if err != nil {
@@ -528,6 +566,14 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	st := c.State
 	m.mu.Unlock()
 	if st != Running && st != Created {
+		return nil
+	}
+	m.mu.Lock()
+	unrestored := c.Restore != ""
+	m.mu.Unlock()
+	if unrestored {
+		// Created from a checkpoint and never started: nothing runs.
+		m.setExit(c, monitor.Exit{FinishedAt: time.Now().UnixNano()})
 		return nil
 	}
 	if st == Running && timeout > 0 {

@@ -127,7 +127,8 @@ func (m *Manager) liveContainers() []*Container {
 	defer m.mu.Unlock()
 	var out []*Container
 	for _, c := range m.containers {
-		if c.State == Created || c.State == Running {
+		// A created container still to be restored has nothing running.
+		if (c.State == Created || c.State == Running) && c.Restore == "" {
 			out = append(out, c)
 		}
 	}

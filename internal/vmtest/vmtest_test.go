@@ -89,3 +89,29 @@ func TestKernelImageNewest(t *testing.T) {
 		t.Error("6.1.0-9 should sort before 6.1.0-56")
 	}
 }
+
+// TestDynamicBinary: the real ldd on a real dynamically linked binary
+// (the go tool chain's own is static, so /bin/sh's): the loader and libc
+// come along, each once, at their host paths.
+func TestDynamicBinary(t *testing.T) {
+	files, err := DynamicBinary(context.Background(), "/bin/sh", "/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	var loader, libc bool
+	for _, f := range files {
+		if seen[f.Path] {
+			t.Errorf("%s twice", f.Path)
+		}
+		seen[f.Path] = true
+		loader = loader || strings.HasPrefix(filepath.Base(f.Path), "ld-linux")
+		libc = libc || strings.HasPrefix(filepath.Base(f.Path), "libc.so")
+	}
+	if !loader || !libc || files[0].Path != "/bin/sh" {
+		t.Fatalf("files for /bin/sh: %v", files)
+	}
+	if _, err := parseLdd([]byte("\tlibfoo.so.1 => not found\n")); err == nil {
+		t.Fatal("a missing library was not an error")
+	}
+}
