@@ -288,7 +288,7 @@ static void send_fd(int sock, int fd)
 
 // console gives the process a new pty of the container's devpts, the
 // master going to the monitor.
-static void console(void)
+static void console(struct spec *s)
 {
 	int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
 	if (master < 0)
@@ -301,6 +301,9 @@ static void console(void)
 	int slave = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
 	if (slave < 0)
 		fail("open %s in the container: %m", path);
+	// The terminal belongs to the process's user, as the runtime makes it.
+	if (fchown(slave, s->uid, -1) < 0)
+		fail("chown %s: %m", path);
 	send_fd(CONSOLE_FD, master);
 	close(master);
 	close(CONSOLE_FD);
@@ -446,7 +449,7 @@ static void child(struct spec *s)
 	if (setsid() < 0)
 		fail("setsid: %m");
 	if (s->tty)
-		console();
+		console(s);
 	if (s->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail("set no_new_privs: %m");
 	// Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before

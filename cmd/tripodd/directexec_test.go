@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/client-go/tools/remotecommand"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tripod-dev/tripod/internal/cni/cnitest"
@@ -47,6 +48,9 @@ func TestDirectExec(t *testing.T) {
 		reg.Push(t, "test/sec:1", imagetest.Image(runtime.GOARCH, "", imagetest.Layer(secImage(t)...)))
 		image = reg.Host + "/test/sec:1"
 		e.extra = append(e.extra, "--log-level", "debug")
+		f, _ := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
+		f.WriteString("[runtime.handlers.slow]\npath = \"runc\"\nexec = \"runtime\"\n")
+		f.Close()
 	})
 	ctx := testCtx(t)
 	if _, err := e.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image}}); err != nil {
@@ -71,7 +75,7 @@ func TestDirectExec(t *testing.T) {
 	}
 	direct := func(t *testing.T, id string) {
 		t.Helper()
-		if !containsVia(e.d.log.String(), id, "direct") {
+		if !logSays(e, id, "direct") {
 			t.Fatalf("the exec into %s did not go the direct way:\n%s", id, e.d.log.String())
 		}
 	}
@@ -169,6 +173,49 @@ func TestDirectExec(t *testing.T) {
 		same(t, e.running(upod, upcfg, "userns-user", image, &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(1000), SupplementalGroups: []int64{7}}))
 	})
 
+	// A pod of a handler whose execs go through the runtime (exec =
+	// "runtime"): the fallback, and the reference for the TTY.
+	slowCfg := e.podConfig("dx-slow")
+	slowPod, err := e.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: slowCfg, RuntimeHandler: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("fallback", func(t *testing.T) {
+		e := e.sub(t)
+		c := e.running(slowPod.PodSandboxId, slowCfg, "slow", image, nil)
+		if got := e.mustSh(c, "echo $$"); got == "" {
+			t.Fatal("no output through the runtime")
+		}
+		if !logSays(e, c, `"runtime: not asked for direct"`) {
+			t.Fatalf("exec into a container of an exec = \"runtime\" handler did not go through the runtime:\n%s", e.d.log.String())
+		}
+	})
+	t.Run("tty", func(t *testing.T) {
+		e := e.sub(t)
+		const script = `stty -a; tty | sed 's/[0-9]*$/N/'; stat -c '%u %g %a' $(tty); [ "$(cut -d' ' -f6 /proc/$$/stat)" = $$ ] && echo session leader; env | grep -v '^_=' | sort`
+		ttyExec := func(c string) string {
+			r, err := e.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: c, Cmd: []string{"sh", "-c", script}, Stdout: true, Tty: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out syncBuffer
+			if err := spdyExecutor(t, r.Url).StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Tty: true}); err != nil {
+				t.Fatalf("exec with a TTY: %v", err)
+			}
+			return out.String()
+		}
+		sc := &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(1000)}
+		c := e.running(pod, pcfg, "tty", image, sc)
+		got := ttyExec(c)
+		direct(t, c)
+		want := ttyExec(e.running(slowPod.PodSandboxId, slowCfg, "tty-slow", image, sc))
+		if got != want {
+			t.Fatalf("with a TTY, direct exec differs from runc exec:\n--- direct\n%s\n--- runc exec\n%s", got, want)
+		}
+		if !strings.Contains(got, "session leader") || !strings.Contains(got, "/dev/pts/N") {
+			t.Fatalf("no terminal, or not a session leader:\n%s", got)
+		}
+	})
 	t.Run("failures", func(t *testing.T) {
 		e := e.sub(t)
 		c := e.running(pod, pcfg, "fail", image, nil)
@@ -195,8 +242,9 @@ func TestDirectExec(t *testing.T) {
 		if after := settledFds(t, e, fds); after != fds {
 			t.Fatalf("monitor descriptors: %d before, %d after the failed execs", fds, after)
 		}
-		if got := e.mustSh(c, "ps -o pid,args | grep -v 'ps -o\\|grep\\|sh -c' | wc -l"); got != "2" {
-			t.Fatalf("processes left in the container: %s", e.mustSh(c, "ps -o pid,args"))
+		// The init alone, beside this check's own sh, ps and awk.
+		if got := e.mustSh(c, `ps -o pid,comm | awk 'NR > 1 && $2 != "sh" && $2 != "ps" && $2 != "awk" {print $2}'`); got != "sleep" {
+			t.Fatalf("processes in the container: %q", got)
 		}
 
 		// An init that dies under the exec: an error or the exec ran,
@@ -228,6 +276,18 @@ func TestDirectExec(t *testing.T) {
 			t.Fatalf("monitor descriptors: %d before, %d after (the container that stopped under the execs removed)", fds, after)
 		}
 	})
+}
+
+// logSays is containsVia on the daemon's log, given a moment to reach
+// the test (it is copied from the daemon's stderr as it comes).
+func logSays(e *podEnv, id, via string) bool {
+	for range 50 {
+		if containsVia(e.d.log.String(), id, via) {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
 }
 
 // containsVia finds the "exec started" debug lines of a container and

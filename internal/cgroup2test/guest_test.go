@@ -292,6 +292,14 @@ func TestGuestCgroupV2(t *testing.T) {
 		t.Errorf("inside the container: %q, want %q", got, want)
 	}
 
+	// An exec'd process (tripod-exec's direct path when it is beside the
+	// monitor, as here) is in the container's cgroup: the one whose
+	// cgroup.procs the container sees as its root.
+	ex, err = e.rt.ExecSync(c, &runtimeapi.ExecSyncRequest{ContainerId: limited, Cmd: []string{"sh", "-c", "grep -qx $$ /sys/fs/cgroup/cgroup.procs && echo in-cgroup"}, Timeout: 60})
+	if err != nil || ex.ExitCode != 0 || strings.TrimSpace(string(ex.Stdout)) != "in-cgroup" {
+		t.Fatalf("exec'd process not in the container's cgroup: %v %v %s", err, ex, ex.GetStderr())
+	}
+
 	exit3 := e.create(pod, pc, "exit3", nil, "sh", "-c", "echo bye; exit 3")
 	if st := e.waitExited(exit3); st.ExitCode != 3 || st.Reason != "Error" {
 		t.Errorf("exit3: code %d reason %q, want 3 Error", st.ExitCode, st.Reason)
