@@ -448,6 +448,12 @@ static void child(struct spec *s)
 		fail("join session keyring: %m");
 	if (setsid() < 0)
 		fail("setsid: %m");
+	// Read as root, before the user changes, as the runtime does.
+	if (!getenv_in(s, "HOME")) {
+		static char h[4200];
+		snprintf(h, sizeof(h), "HOME=%s", home(s->uid));
+		s->env[s->nenv++] = h;
+	}
 	if (s->tty)
 		console(s);
 	if (s->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
@@ -496,11 +502,6 @@ static void child(struct spec *s)
 	}
 	if (s->has_umask)
 		umask(s->umask);
-	if (!getenv_in(s, "HOME")) {
-		static char h[4200];
-		snprintf(h, sizeof(h), "HOME=%s", home(s->uid));
-		s->env[s->nenv++] = h;
-	}
 	s->env[s->nenv] = NULL;
 	s->arg[s->narg] = NULL;
 	const char *bin = lookpath(s);

@@ -234,6 +234,15 @@ func TestDirectExec(t *testing.T) {
 		if status.Code(err) == codes.OK || !strings.Contains(err.Error(), `exec: "/etc": is a directory`) {
 			t.Fatalf("exec of a directory: %v", err)
 		}
+		// NUL separates the stage's spec records: an argument with one
+		// is refused, not split into records (here one naming a file
+		// the stage would write its pid into).
+		victim := filepath.Join(t.TempDir(), "victim")
+		os.WriteFile(victim, []byte("intact"), 0o600)
+		_, err = e.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"true\x00cg=" + victim}, Timeout: 10})
+		if b, _ := os.ReadFile(victim); err == nil || !strings.Contains(err.Error(), "NUL") || string(b) != "intact" {
+			t.Fatalf("exec with a NUL in an argument: %v; the file now says %q", err, b)
+		}
 		// What a failed exec leaves: nothing in the bundle, no
 		// descriptor in the monitor, no process in the container.
 		if after := dirNames(t, bundle); after != before {

@@ -157,6 +157,10 @@ func (s *Server) prepDirectInto(p *directPrep, id, bundle string, pid int) error
 		specRecord(&r, "scflags", strconv.FormatUint(uint64(flags), 10))
 		specRecord(&r, "bpf", hex.EncodeToString(bpf))
 	}
+	// NUL ends a spec record (see startDirect).
+	if strings.ContainsRune(id+proc.Cwd+strings.Join(proc.Env, ""), 0) {
+		return errors.New("a NUL byte in the process settings")
+	}
 	p.records = r.Bytes()
 	p.env = proc.Env
 	return nil
@@ -435,7 +439,7 @@ func (s *Server) startDirect(req Request, stdio []*os.File) (pid int, master *os
 		return 0, nil, "container not monitored", nil
 	}
 	c.directMu.Lock()
-	if c.direct == nil || c.direct.fallback == "" && c.direct.records == nil {
+	if c.direct == nil {
 		c.direct = s.prepDirect(c.id, c.bundle, c.pid)
 	}
 	p := c.direct
@@ -446,9 +450,16 @@ func (s *Server) startDirect(req Request, stdio []*os.File) (pid int, master *os
 	if frozen(p.freezer) {
 		return 0, nil, "the container is paused", nil
 	}
+	// NUL ends a spec record: one in an argument must not smuggle in
+	// records of its own (execve could not take it anyway).
 	for _, e := range req.Env {
 		if !strings.Contains(e, "=") {
 			return 0, nil, "", fmt.Errorf("exec: environment variable %q has no '='", e)
+		}
+	}
+	for _, a := range append(append([]string{}, req.Args...), req.Env...) {
+		if strings.ContainsRune(a, 0) {
+			return 0, nil, "", fmt.Errorf("exec: argument or environment variable %q contains a NUL byte", a)
 		}
 	}
 	var spec bytes.Buffer
