@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -585,6 +587,80 @@ static void stage(void)
 	_exit(0);
 }
 
+// The -ENOSYS stub the OCI runtime puts before the filter when the
+// default action denies: a syscall numbered above every syscall the
+// profile names (for the caller's architecture) is one the profile could
+// not know of, and gets ENOSYS so that callers fall back, rather than the
+// default action's errno. x86_64 and x32 share an audit architecture and
+// differ by bit 30 of the number.
+#define X32_BIT 0x40000000u
+struct archmax {
+	uint32_t audit;
+	int has64, has32;
+	uint32_t max64, max32; // max64 serves every architecture but x32
+};
+
+static void emit(struct sock_filter *prog, int *n, struct sock_filter insn)
+{
+	if (*n >= 512) {
+		fprintf(stderr, "seccomp: stub too long\n");
+		exit(1);
+	}
+	prog[(*n)++] = insn;
+}
+
+// stub writes the stub for archs (nonempty) before a filter of flen
+// instructions; returns its length.
+static int stub(struct archmax *a, int na, struct sock_filter *prog)
+{
+	int n = 0, sec[16];
+	// Section sizes, to place the architecture jumps.
+	int size[16], total = 1 + na + 1;
+	for (int i = 0; i < na; i++) {
+		if (a[i].audit == AUDIT_ARCH_X86_64)
+			size[i] = a[i].has64 && a[i].has32 ? 8 : 6;
+		else
+			size[i] = 4;
+		sec[i] = total;
+		total += size[i];
+	}
+	emit(prog, &n, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 4));
+	for (int i = 0; i < na; i++)
+		emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, a[i].audit, sec[i] - n - 1, 0));
+#define TO_FILTER BPF_STMT(BPF_JMP | BPF_JA, total - n - 1)
+	emit(prog, &n, (struct sock_filter)TO_FILTER);
+	const struct sock_filter enosys = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
+	for (int i = 0; i < na; i++) {
+		emit(prog, &n, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0));
+		if (a[i].audit == AUDIT_ARCH_X86_64 && a[i].has64 && a[i].has32) {
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, X32_BIT, 3, 0));
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, a[i].max64, 0, 1));
+			emit(prog, &n, enosys);
+			emit(prog, &n, (struct sock_filter)TO_FILTER);
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, a[i].max32, 0, 1));
+			emit(prog, &n, enosys);
+			emit(prog, &n, (struct sock_filter)TO_FILTER);
+		} else if (a[i].audit == AUDIT_ARCH_X86_64) {
+			// Only one of the two: the other mode goes to the filter.
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, X32_BIT, a[i].has32, !a[i].has32));
+			emit(prog, &n, (struct sock_filter)TO_FILTER);
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, a[i].has32 ? a[i].max32 : a[i].max64, 0, 1));
+			emit(prog, &n, enosys);
+			emit(prog, &n, (struct sock_filter)TO_FILTER);
+		} else {
+			emit(prog, &n, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, a[i].max64, 0, 1));
+			emit(prog, &n, enosys);
+			emit(prog, &n, (struct sock_filter)TO_FILTER);
+		}
+	}
+#undef TO_FILTER
+	if (n != total) {
+		fprintf(stderr, "seccomp: stub of %d instructions, planned %d\n", n, total);
+		exit(1);
+	}
+	return n;
+}
+
 static int compile_action(const char *act, int errnoRet, uint32_t *out)
 {
 	if (strcmp(act, "SCMP_ACT_ALLOW") == 0)
@@ -627,6 +703,8 @@ static int compile_op(const char *op, enum scmp_compare *out)
 //   default ACTION ERRNO
 //   arch NAME
 //   rule NAME ACTION ERRNO NARGS [INDEX OP VALUE VALUETWO]...
+//   name NAME       every syscall the profile names (for the -ENOSYS stub)
+//   enosys          put the -ENOSYS stub first
 // Like the OCI runtime: unknown syscalls are skipped, rules whose action
 // is the default are dropped, and arguments naming one index twice become
 // one rule per argument.
@@ -636,6 +714,10 @@ static void compile(void)
 	char *buf = read_all(0, &len);
 	scmp_filter_ctx ctx = NULL;
 	char *save;
+	uint32_t arches[16];
+	int narches = 0, want_stub = 0;
+	struct archmax am[16];
+	int nam = 0;
 	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *f[6 + 4 * 6];
 		int n = 0;
@@ -669,10 +751,42 @@ static void compile(void)
 				fprintf(stderr, "seccomp: unknown architecture %s\n", f[1]);
 				exit(1);
 			}
+			if (narches < 16)
+				arches[narches++] = a;
 			int r = seccomp_arch_add(ctx, a);
 			if (r < 0 && r != -EEXIST) {
 				fprintf(stderr, "seccomp: add architecture %s: %s\n", f[1], strerror(-r));
 				exit(1);
+			}
+			continue;
+		}
+		if (strcmp(f[0], "enosys") == 0) {
+			want_stub = 1;
+			continue;
+		}
+		if (strcmp(f[0], "name") == 0 && n == 2) {
+			for (int i = 0; i < narches; i++) {
+				int nr = seccomp_syscall_resolve_name_arch(arches[i], f[1]);
+				if (nr < 0)
+					continue; // unknown, or multiplexed on this architecture
+				uint32_t audit = arches[i] == SCMP_ARCH_X32 ? AUDIT_ARCH_X86_64 : arches[i];
+				int k = 0;
+				while (k < nam && am[k].audit != audit)
+					k++;
+				if (k == nam) {
+					memset(&am[k], 0, sizeof(am[k]));
+					am[k].audit = audit;
+					nam++;
+				}
+				if (arches[i] == SCMP_ARCH_X32) {
+					am[k].has32 = 1;
+					if ((uint32_t)nr > am[k].max32)
+						am[k].max32 = nr;
+				} else {
+					am[k].has64 = 1;
+					if ((uint32_t)nr > am[k].max64)
+						am[k].max64 = nr;
+				}
 			}
 			continue;
 		}
@@ -725,9 +839,25 @@ static void compile(void)
 		fprintf(stderr, "seccomp: empty profile\n");
 		exit(1);
 	}
-	int r = seccomp_export_bpf(ctx, 1);
+	int mem = memfd_create("bpf", MFD_CLOEXEC);
+	if (mem < 0) {
+		fprintf(stderr, "seccomp: memfd: %s\n", strerror(errno));
+		exit(1);
+	}
+	int r = seccomp_export_bpf(ctx, mem);
 	if (r < 0) {
 		fprintf(stderr, "seccomp: export: %s\n", strerror(-r));
+		exit(1);
+	}
+	size_t flen;
+	lseek(mem, 0, SEEK_SET);
+	char *filter = read_all(mem, &flen);
+	struct sock_filter prog[512];
+	int plen = 0;
+	if (want_stub && nam > 0)
+		plen = stub(am, nam, prog);
+	if (write(1, prog, plen * sizeof(prog[0])) < 0 || write(1, filter, flen) < 0) {
+		fprintf(stderr, "seccomp: write: %s\n", strerror(errno));
 		exit(1);
 	}
 	exit(0);

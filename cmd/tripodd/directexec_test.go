@@ -33,6 +33,7 @@ test -d /proc/$$ && echo "own pid visible"
 ps -o pid,args | awk -v p=$$ '$1 == p {print "in ps:", $2, $3}'
 mkdir /tmp/probe-$$ 2>&1 | sed "s/-$$//"; rmdir /tmp/probe-$$ 2>/dev/null
 unshare -U true 2>&1; echo "unshare: $?"
+/usr/local/bin/sysno 500 272 39 2>&1
 cat /proc/self/attr/current 2>/dev/null; echo`
 
 // TestDirectExec checks that the monitor's direct exec (tripod-exec) gives
@@ -45,7 +46,7 @@ func TestDirectExec(t *testing.T) {
 	runtimePrereqs(t)
 	var image string
 	e := newPodEnvWith(t, cnitest.BinDir(t), func(e *podEnv, reg *imagetest.Registry) {
-		reg.Push(t, "test/sec:1", imagetest.Image(runtime.GOARCH, "", imagetest.Layer(secImage(t)...)))
+		reg.Push(t, "test/sec:1", imagetest.Image(runtime.GOARCH, "", imagetest.Layer(append(secImage(t), sysnoEntry(t))...)))
 		image = reg.Host + "/test/sec:1"
 		e.extra = append(e.extra, "--log-level", "debug")
 		f, _ := os.OpenFile(filepath.Join(e.n.state, "none.toml"), os.O_APPEND|os.O_WRONLY, 0)
@@ -125,6 +126,17 @@ func TestDirectExec(t *testing.T) {
 		_, rerrOut, rcode := viaRuntime(t, c, "mkdir /tmp/x")
 		if code == 0 || !strings.Contains(errOut, "cross-device") || errOut != rerrOut || int(code) != rcode {
 			t.Fatalf("mkdir under the profile: direct exit %d %q, runc exec %d %q", code, errOut, rcode, rerrOut)
+		}
+	})
+	// A syscall past every one RuntimeDefault names: ENOSYS from the
+	// runtime's stub in both, not the default action's EPERM.
+	t.Run("unknown syscall", func(t *testing.T) {
+		e := e.sub(t)
+		c := e.running(pod, pcfg, "enosys", image, &runtimeapi.LinuxContainerSecurityContext{Seccomp: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}})
+		got := e.mustSh(c, "/usr/local/bin/sysno 500 169")
+		want, _, _ := viaRuntime(t, c, "/usr/local/bin/sysno 500 169")
+		if got != want || got != "syscall 500: function not implemented\nsyscall 169: operation not permitted" {
+			t.Fatalf("direct exec: %q, runc exec: %q", got, want)
 		}
 	})
 	t.Run("privileged", func(t *testing.T) {
@@ -348,4 +360,41 @@ func settledFds(t *testing.T, e *podEnv, want int) int {
 		n = monitorFds(t, e)
 	}
 	return n
+}
+
+// sysnoEntry is /usr/local/bin/sysno: a static program that makes the raw
+// syscalls numbered by its arguments (without arguments of their own)
+// and prints what each returned. 500 is past every syscall: a filter
+// that denies by default says ENOSYS for it, as the runtime's does.
+func sysnoEntry(t *testing.T) imagetest.Entry {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	os.WriteFile(src, []byte(`package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+func main() {
+	for _, a := range os.Args[1:] {
+		n, _ := strconv.Atoi(a)
+		_, _, e := syscall.RawSyscall(uintptr(n), 0, 0, 0)
+		fmt.Printf("syscall %d: %v\n", n, e)
+	}
+}
+`), 0o644)
+	bin := filepath.Join(dir, "sysno")
+	cmd := exec.Command("go", "build", "-o", bin, src)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build sysno: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return imagetest.Entry{Name: "usr/local/bin/sysno", Body: string(b), Mode: 0o755}
 }

@@ -64,9 +64,13 @@ var rlimits = map[string]int{
 	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING, "RLIMIT_STACK": unix.RLIMIT_STACK,
 }
 
+// seccompFlags are the flags the filter is loaded with, as the runtime
+// loads it: TSYNC is moot for a single-threaded process and
+// WAIT_KILLABLE_RECV only applies to a listener (which goes to the
+// runtime), so both are accepted and not passed.
 var seccompFlags = map[specs.LinuxSeccompFlag]uint{
-	"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
-	"SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
+	"SECCOMP_FILTER_FLAG_TSYNC": 0, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+	"SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 0,
 }
 
 func (s *Server) prepDirectInto(p *directPrep, id, bundle string, pid int) error {
@@ -227,6 +231,17 @@ func (s *Server) compileSeccomp(sc *specs.LinuxSeccomp) (uint, []byte, error) {
 	fmt.Fprintf(&in, "default %s %d\n", def, defErrno)
 	for _, a := range sc.Architectures {
 		fmt.Fprintf(&in, "arch %s\n", strings.ToLower(strings.TrimPrefix(string(a), "SCMP_ARCH_")))
+	}
+	// The runtime's -ENOSYS stub (see stub in stage.c), unless the
+	// default lets syscalls through or already says ENOSYS.
+	if def != string(specs.ActAllow) && def != string(specs.ActLog) && def != string(specs.ActTrace) &&
+		(sc.DefaultErrnoRet == nil || *sc.DefaultErrnoRet != uint(unix.ENOSYS)) {
+		in.WriteString("enosys\n")
+	}
+	for _, sys := range sc.Syscalls {
+		for _, name := range sys.Names {
+			fmt.Fprintf(&in, "name %s\n", name)
+		}
 	}
 	for _, sys := range sc.Syscalls {
 		act, err := action(sys.Action)
