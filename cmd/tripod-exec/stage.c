@@ -442,6 +442,11 @@ static const char *lookpath(struct spec *s)
 
 static void child(struct spec *s)
 {
+	// Root of the container's user namespace (the host's root is not
+	// mapped there): what the runtime's process is from here on too, so
+	// that what it finds and creates (the session keyring) is the same.
+	if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+		fail("become root of the container's user namespace: %m");
 	// A session keyring of the container's own, as the OCI runtime gives
 	// every process it starts.
 	char ring[256];

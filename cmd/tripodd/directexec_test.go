@@ -22,8 +22,11 @@ import (
 
 // probe prints what an exec'd process is: identity, capabilities,
 // seccomp, namespaces, cgroups, limits, oom_score_adj, working directory,
-// environment, umask, and whether it sits in the container's PID
-// namespace (its own PID is in the container's /proc, whose ps lists it).
+// environment, umask, whether it sits in the container's PID namespace
+// (its own PID is in the container's /proc, whose ps lists it), raw
+// syscalls' results and the keyrings it sees (less serials and usage
+// counts; a session keyring an earlier exec left until the kernel collects
+// it looks like the one this exec made: sort -u).
 const probe = `grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status
 awk '/^NSpid/ {print "nspid levels", NF-1}' /proc/self/status
 for n in /proc/self/ns/*; do echo "$n $(readlink $n)"; done
@@ -34,7 +37,8 @@ ps -o pid,args | awk -v p=$$ '$1 == p {print "in ps:", $2, $3}'
 mkdir /tmp/probe-$$ 2>&1 | sed "s/-$$//"; rmdir /tmp/probe-$$ 2>/dev/null
 unshare -U true 2>&1; echo "unshare: $?"
 /usr/local/bin/sysno 500 272 39 2>&1
-cat /proc/self/attr/current 2>/dev/null; echo`
+cat /proc/self/attr/current 2>/dev/null; echo
+awk '{$1 = $2 = $3 = ""; print}' /proc/keys 2>&1 | sort -u`
 
 // TestDirectExec checks that the monitor's direct exec (tripod-exec) gives
 // a process the same as `runc exec` does, for a matrix of containers: the
