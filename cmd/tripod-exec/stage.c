@@ -357,10 +357,21 @@ static const char *getenv_in(struct spec *s, const char *key)
 // "/" (HOME is set when the environment has none).
 static char *home(uid_t uid)
 {
-	FILE *f = fopen("/etc/passwd", "re");
-	static char line[4096];
-	if (!f)
+	// The container's file: not a FIFO that would hold the exec forever.
+	int fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	struct stat st;
+	if (fd < 0)
 		return "/";
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return "/";
+	}
+	FILE *f = fdopen(fd, "r");
+	static char line[4096];
+	if (!f) {
+		close(fd);
+		return "/";
+	}
 	while (fgets(line, sizeof(line), f)) {
 		char *fld[7];
 		int n = 0;
