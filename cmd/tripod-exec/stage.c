@@ -169,12 +169,16 @@ static void parse(struct spec *s, char *buf, size_t len)
 			s->pid = atoi(v);
 		else if (IS("id"))
 			s->id = v;
-		else if (IS("cg") && s->ncg < 64)
+		else if (IS("cg")) {
+			if (s->ncg == 64)
+				fallback("more than 64 cgroups");
 			s->cg[s->ncg++] = v;
-		else if (IS("oom")) {
+		} else if (IS("oom")) {
 			s->has_oom = 1;
 			s->oom = atoi(v);
-		} else if (IS("rlimit") && s->nrl < 32) {
+		} else if (IS("rlimit")) {
+			if (s->nrl == 32)
+				fallback("more than 32 rlimits");
 			if (sscanf(v, "%d %llu %llu", &s->rl[s->nrl].res, &s->rl[s->nrl].soft, &s->rl[s->nrl].hard) != 3)
 				fail("bad rlimit %s", v);
 			s->nrl++;
@@ -182,9 +186,11 @@ static void parse(struct spec *s, char *buf, size_t len)
 			s->uid = strtoul(v, NULL, 10);
 		else if (IS("gid"))
 			s->gid = strtoul(v, NULL, 10);
-		else if (IS("group") && s->ngroups < MAX_LIST)
+		else if (IS("group")) {
+			if (s->ngroups == MAX_LIST)
+				fallback("more than %d groups", MAX_LIST);
 			s->groups[s->ngroups++] = strtoul(v, NULL, 10);
-		else if (IS("umask")) {
+		} else if (IS("umask")) {
 			s->has_umask = 1;
 			s->umask = strtoul(v, NULL, 10);
 		} else if (IS("cwd"))
@@ -215,11 +221,15 @@ static void parse(struct spec *s, char *buf, size_t len)
 				s->bpf[i] = hi << 4 | lo;
 			}
 			s->bpflen = n;
-		} else if (IS("env") && s->nenv < MAX_LIST - 2)
+		} else if (IS("env")) {
+			if (s->nenv == MAX_LIST - 2) // room for HOME and the NULL
+				fallback("more than %d environment variables", MAX_LIST - 2);
 			s->env[s->nenv++] = v;
-		else if (IS("arg") && s->narg < MAX_LIST - 1)
+		} else if (IS("arg")) {
+			if (s->narg == MAX_LIST - 1)
+				fallback("more than %d arguments", MAX_LIST - 1);
 			s->arg[s->narg++] = v;
-		else if (IS("tty"))
+		} else if (IS("tty"))
 			s->tty = 1;
 		else
 			fail("unknown spec record %s (tripod-exec older than tripod-monitor?)", k);
@@ -433,10 +443,11 @@ static const char *lookpath(struct spec *s)
 			fail("exec: \"%s\": %s", name, why);
 		return name;
 	}
+	// Every entry of a non-empty PATH, an empty one meaning ".".
 	const char *path = getenv_in(s, "PATH");
-	if (!path)
-		path = "";
-	while (path && *path) {
+	if (path && !*path)
+		path = NULL;
+	while (path) {
 		const char *end = strchr(path, ':');
 		size_t n = end ? (size_t)(end - path) : strlen(path);
 		static char buf[PATH_MAX];
