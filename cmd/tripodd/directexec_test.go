@@ -205,6 +205,21 @@ func TestDirectExec(t *testing.T) {
 		if !logSays(e, c, `"runtime: not asked for direct"`) {
 			t.Fatalf("exec into a container of an exec = \"runtime\" handler did not go through the runtime:\n%s", e.d.log.String())
 		}
+		// The stage itself turns down what it cannot hold (more
+		// arguments than its table): the runtime runs it, on the same
+		// pipes.
+		d := e.running(pod, pcfg, "many-args", image, nil)
+		cmd := []string{"sh", "-c", `echo "$#"`, "sh"}
+		for range 5000 {
+			cmd = append(cmd, "a")
+		}
+		r, err := e.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: d, Cmd: cmd, Timeout: 30})
+		if err != nil || r.ExitCode != 0 || strings.TrimSpace(string(r.Stdout)) != "5000" {
+			t.Fatalf("exec with 5000 arguments: %v %v", r, err)
+		}
+		if !logSays(e, d, `"runtime: more than 4095 arguments"`) {
+			t.Fatalf("the exec with 5000 arguments did not fall back to the runtime:\n%s", e.d.log.String())
+		}
 	})
 	t.Run("tty", func(t *testing.T) {
 		e := e.sub(t)
