@@ -82,6 +82,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod ./cmd/tripod
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/tripod-csi ./cmd/tripod-csi
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/tripod-monitor ./cmd/tripod-monitor
+	@# The monitor's exec stage is C (a cgo constructor) with libseccomp,
+	@# linked static like the rest.
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w -extldflags -static' -o $(BIN)/tripod-exec ./cmd/tripod-exec
 
 deps: apt-deps go-tools k8s-tools
 
@@ -199,7 +202,7 @@ up: deps install
 	$(BINDIR)/tripod up
 
 # Programs into $(BINDIR) (tripodd, tripod, tripod-csi, tripod-monitor,
-# tripod-cni, crictl), runc into $(LIBEXECDIR), the CNI plugins into
+# tripod-exec, tripod-cni, crictl), runc into $(LIBEXECDIR), the CNI plugins into
 # $(CNIBINDIR), tripod.toml into $(SYSCONFDIR)/tripod, systemd units into
 # $(UNITDIR) (not enabled). uninstall removes exactly what install put, from
 # the manifest in $(LIBEXECDIR).

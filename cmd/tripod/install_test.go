@@ -50,7 +50,7 @@ func tree(dir string) []string {
 func TestMakeInstall(t *testing.T) {
 	dest := t.TempDir()
 	makeInstall(t, dest, "install")
-	for _, f := range []string{"usr/local/bin/tripodd", "usr/local/bin/tripod", "usr/local/bin/tripod-csi", "usr/local/bin/tripod-monitor",
+	for _, f := range []string{"usr/local/bin/tripodd", "usr/local/bin/tripod", "usr/local/bin/tripod-csi", "usr/local/bin/tripod-monitor", "usr/local/bin/tripod-exec",
 		"usr/local/bin/tripod-cni", "usr/local/bin/crictl", "usr/local/lib/tripod/runc", "opt/cni/bin/tripod-cni"} {
 		if fi, err := os.Stat(filepath.Join(dest, f)); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("%s: %v", f, err)

@@ -51,6 +51,14 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// The monitor's exec stage (C, through cgo), beside the monitor.
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "tripod-exec"), "../tripod-exec")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build ../tripod-exec: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -260,6 +260,9 @@ func (s *stack) checkRuntime(tripodd string) error {
 	if err := unix.Access(monitor, unix.X_OK); err != nil {
 		return fmt.Errorf("tripod-monitor not found at %s (tripodd runs it from beside itself, or runtime.monitor_path)", monitor)
 	}
+	if stage := filepath.Join(filepath.Dir(monitor), "tripod-exec"); unix.Access(stage, unix.X_OK) != nil {
+		fmt.Fprintf(os.Stderr, "warning: %s not found: execs into containers go through the OCI runtime (slower); make build makes it\n", stage)
+	}
 	def := s.cri.Runtime.DefaultHandler
 	for name, h := range s.cri.Runtime.Handlers {
 		_, err := exec.LookPath(h.Path)

@@ -46,6 +46,14 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
+	// and tripod-monitor its exec stage from beside its own.
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "tripod-exec"), "../tripod-exec")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err = cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build tripod-exec: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	// Pods here run in the host's namespace: tripod's nftables tables that
 	// the tests create there go again afterwards.
 	dropTables, err := cnitest.TablesSince()

@@ -22,7 +22,7 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 
 install_all() {
 	: "${BIN:?BIN: the directory make build filled}" "${RUNC:?RUNC: the runc binary to install}" "${CRICTL:?CRICTL: the crictl binary to install}"
-	for p in tripodd tripod tripod-csi tripod-monitor tripod-cni; do
+	for p in tripodd tripod tripod-csi tripod-monitor tripod-exec tripod-cni; do
 		[ -x "$BIN/$p" ] || die "$BIN/$p missing: run make build"
 	done
 	[ -x "$RUNC" ] || die "$RUNC missing (make go-tools builds it)"
@@ -37,7 +37,7 @@ install_all() {
 	fi
 
 	mkdirs "$BINDIR"
-	for p in tripodd tripod tripod-csi tripod-monitor tripod-cni; do
+	for p in tripodd tripod tripod-csi tripod-monitor tripod-exec tripod-cni; do
 		put "$BIN/$p" "$BINDIR/$p" 0755
 	done
 	put "$CRICTL" "$BINDIR/crictl" 0755

@@ -110,6 +110,7 @@ func findTools(t *testing.T, controlPlane bool) tools {
 		kubectl:   file(filepath.Join(k8s, "kubectl"), "make k8s-tools"),
 	}
 	file(filepath.Join(bin, "tripod-monitor"), "make build")
+	file(filepath.Join(bin, "tripod-exec"), "make build")
 	if tl.tripodCSI == "" {
 		tl.tripodCSI = filepath.Join(bin, "tripod-csi")
 	}

@@ -114,7 +114,7 @@ func newGuestEnv(t *testing.T) *guestEnv {
 	}
 	e.daemonLog = logf
 	e.daemon = exec.Command(os.Getenv("TRIPODD"), "--config", cfg, "--root", e.root, "--state", e.state, "--listen", "unix://"+sock,
-		"--registry-hosts-dir", t.TempDir(), "--cni-conf-dir", confDir, "--cni-bin-dir", cnitest.BinDir(t))
+		"--registry-hosts-dir", t.TempDir(), "--cni-conf-dir", confDir, "--cni-bin-dir", cnitest.BinDir(t), "--log-level", "debug")
 	e.daemon.Stdout, e.daemon.Stderr = logf, logf
 	if err := e.daemon.Start(); err != nil {
 		t.Fatalf("tripodd: %v", err)
@@ -290,6 +290,28 @@ func TestGuestCgroupV2(t *testing.T) {
 	}
 	if got, want := strings.Fields(string(ex.Stdout)), []string{"0::/", strconv.Itoa(memLimit), "50000", "100000"}; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("inside the container: %q, want %q", got, want)
+	}
+
+	// An exec'd process (tripod-exec's direct path when it is beside the
+	// monitor, as here) is in the container's cgroup: the one whose
+	// cgroup.procs the container sees as its root.
+	ex, err = e.rt.ExecSync(c, &runtimeapi.ExecSyncRequest{ContainerId: limited, Cmd: []string{"sh", "-c", "grep -qx $$ /sys/fs/cgroup/cgroup.procs && echo in-cgroup"}, Timeout: 60})
+	if err != nil || ex.ExitCode != 0 || strings.TrimSpace(string(ex.Stdout)) != "in-cgroup" {
+		t.Fatalf("exec'd process not in the container's cgroup: %v %v %s", err, ex, ex.GetStderr())
+	}
+	// Both execs went the direct way (tripod-exec is beside the monitor).
+	b, _ := os.ReadFile(e.daemonLog.Name())
+	direct := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, `msg="exec started" container=`+limited) {
+			if !strings.Contains(l, "via=direct") {
+				t.Fatalf("an exec went through the runtime: %s", l)
+			}
+			direct++
+		}
+	}
+	if direct != 2 {
+		t.Fatalf("%d direct execs logged, want 2:\n%s", direct, b)
 	}
 
 	exit3 := e.create(pod, pc, "exit3", nil, "sh", "-c", "echo bye; exit 3")

@@ -47,6 +47,12 @@ func TestInVM(t *testing.T) {
 		// tripodd starts tripod-monitor from beside its own binary.
 		files = append(files, vmtest.File{Path: "/tripod/" + filepath.Base(bin), Src: bin, Exec: true})
 	}
+	// and tripod-monitor its exec stage from beside its own.
+	stage, err := vmtest.GoCgoBinary(ctx, dir, "./cmd/tripod-exec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, vmtest.File{Path: "/tripod/tripod-exec", Src: stage, Exec: true})
 	// CRIU for checkpoint and restore: Debian's, which runs on the VM's
 	// 6.1 kernel (not on newer hosts': see docs/runtime.md).
 	criu, err := exec.LookPath("criu")

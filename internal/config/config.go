@@ -76,6 +76,7 @@ type Runtime struct {
 // Handler is one OCI runtime.
 type Handler struct {
 	Path string `toml:"path" comment:"binary name (looked up in PATH) or absolute path"`
+	Exec string `toml:"exec,omitempty" comment:"how execs start: direct (tripod-exec joins the container), runtime (<runtime> exec), or empty: direct for runc and crun"`
 }
 
 // Image configures the image service.
@@ -228,6 +229,9 @@ func (c *Config) Validate() error {
 	for name, h := range c.Runtime.Handlers {
 		if name == "" || h.Path == "" {
 			bad("runtime.handlers", "handler %q needs a path", name)
+		}
+		if h.Exec != "" && h.Exec != "direct" && h.Exec != "runtime" {
+			bad("runtime.handlers", "handler %q: exec must be direct, runtime or empty, got %q", name, h.Exec)
 		}
 	}
 	if _, ok := c.Runtime.Handlers[c.Runtime.DefaultHandler]; !ok && c.Runtime.DefaultHandler != "runc" {

@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Daemon, err
 	}
 	handlers := map[string]pod.Handler{}
 	for name, h := range cfg.Runtime.Handlers {
-		handlers[name] = pod.Handler{Path: h.Path}
+		handlers[name] = pod.Handler{Path: h.Path, Exec: h.Exec}
 	}
 	// The runtime's metadata loads first: the image store's start-up
 	// repair asks it which layers containers use.

@@ -70,15 +70,7 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 		fail(errors.New("exec: id, bundle, runtime and args are required"))
 		return
 	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	tag := hex.EncodeToString(b)
-	pidFile := filepath.Join(req.Bundle, "exec-"+tag+".pid")
-	logFile := filepath.Join(req.Bundle, "exec-"+tag+".log")
-	defer os.Remove(pidFile)
-	defer os.Remove(logFile)
-
-	var child []*os.File // the runtime's stdio
+	var child []*os.File // the process's stdio
 	var parent []int     // what the caller gets
 	defer func() {
 		closeAll(child)
@@ -91,20 +83,8 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 		fail(err)
 		return
 	}
-	args := append([]string{req.Runtime}, req.RuntimeArgs...)
-	args = append(args, "--log", logFile, "--log-format", "json", "exec", "--detach", "--pid-file", pidFile)
-	var console *net.UnixListener
 	if req.TTY {
-		l, path, err := s.listenConsole()
-		if err != nil {
-			null.Close()
-			fail(err)
-			return
-		}
-		defer l.Close()
-		console = l
 		child = []*os.File{null, null, null}
-		args = append(args, "--tty", "--console-socket", path)
 	} else {
 		child = []*os.File{null, nil, nil}
 		if req.Stdin {
@@ -128,57 +108,29 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 			parent = append(parent, fd)
 		}
 	}
-	for _, e := range req.Env {
-		args = append(args, "--env", e)
+	var pid int
+	var master *os.File
+	via := "runtime: not asked for direct"
+	started := false
+	if req.Direct {
+		var reason string
+		pid, master, reason, err = s.startDirect(req, child)
+		if reason == "" {
+			started, via = true, "direct"
+		} else {
+			via = "runtime: " + reason
+		}
 	}
-	args = append(args, req.ID)
-	args = append(args, req.Args...)
-
-	_, runtimeDone, err := s.startRuntime(req.Runtime, args, req.Bundle, child)
+	if !started {
+		pid, master, err = s.startWithRuntime(req, child)
+	}
 	closeAll(child)
 	child = nil
+	if master != nil {
+		defer master.Close()
+	}
 	if err != nil {
 		fail(err)
-		return
-	}
-	type recv struct {
-		f   *os.File
-		err error
-	}
-	var consoleC chan recv
-	if console != nil {
-		consoleC = make(chan recv, 1)
-		go func() {
-			f, err := recvConsole(console)
-			consoleC <- recv{f, err}
-		}()
-	}
-	ws := <-runtimeDone
-	var master *os.File
-	if consoleC != nil {
-		console.Close() // unblocks an accept the runtime never connected to
-		r := <-consoleC
-		master, err = r.f, r.err
-		if master != nil {
-			defer master.Close()
-		}
-	}
-	if !ws.Exited() || ws.ExitStatus() != 0 {
-		msg := runtimeError(logFile)
-		if msg == "" {
-			msg = describe(ws)
-		}
-		fail(fmt.Errorf("%s exec: %s", filepath.Base(req.Runtime), msg))
-		return
-	}
-	if console != nil && err != nil {
-		fail(err)
-		return
-	}
-	pb, err := os.ReadFile(pidFile)
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
-	if err != nil || pid <= 0 {
-		fail(fmt.Errorf("%s exec: no pid file: %v", filepath.Base(req.Runtime), err))
 		return
 	}
 	// The process is this monitor's child now (the runtime, its parent,
@@ -202,7 +154,7 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 		}
 		parent = append(parent, mfd)
 	}
-	rep, _ := json.Marshal(Reply{Pid: pid})
+	rep, _ := json.Marshal(Reply{Pid: pid, Via: via})
 	if err := sendFds(conn, append(rep, '\n'), parent); err != nil {
 		s.killExec(pid, pidfd)
 		<-exited
@@ -243,6 +195,81 @@ func (s *Server) exec(conn *net.UnixConn, in io.Reader, req Request) {
 	json.NewEncoder(conn).Encode(Reply{Exit: &e})
 }
 
+// startWithRuntime starts req's process with `<runtime> exec --detach`
+// and returns its pid (and, with a TTY, the pty master).
+func (s *Server) startWithRuntime(req Request, child []*os.File) (int, *os.File, error) {
+	b := make([]byte, 6)
+	rand.Read(b)
+	tag := hex.EncodeToString(b)
+	pidFile := filepath.Join(req.Bundle, "exec-"+tag+".pid")
+	logFile := filepath.Join(req.Bundle, "exec-"+tag+".log")
+	defer os.Remove(pidFile)
+	defer os.Remove(logFile)
+	args := append([]string{req.Runtime}, req.RuntimeArgs...)
+	args = append(args, "--log", logFile, "--log-format", "json", "exec", "--detach", "--pid-file", pidFile)
+	var console *net.UnixListener
+	if req.TTY {
+		l, path, err := s.listenConsole()
+		if err != nil {
+			return 0, nil, err
+		}
+		defer l.Close()
+		console = l
+		args = append(args, "--tty", "--console-socket", path)
+	}
+	for _, e := range req.Env {
+		args = append(args, "--env", e)
+	}
+	args = append(args, req.ID)
+	args = append(args, req.Args...)
+
+	_, runtimeDone, err := s.startRuntime(req.Runtime, args, req.Bundle, child)
+	if err != nil {
+		return 0, nil, err
+	}
+	type recv struct {
+		f   *os.File
+		err error
+	}
+	var consoleC chan recv
+	if console != nil {
+		consoleC = make(chan recv, 1)
+		go func() {
+			f, err := recvConsole(console)
+			consoleC <- recv{f, err}
+		}()
+	}
+	ws := <-runtimeDone
+	var master *os.File
+	if consoleC != nil {
+		console.Close() // unblocks an accept the runtime never connected to
+		r := <-consoleC
+		master, err = r.f, r.err
+	}
+	fail := func(err error) (int, *os.File, error) {
+		if master != nil {
+			master.Close()
+		}
+		return 0, nil, err
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		msg := runtimeError(logFile)
+		if msg == "" {
+			msg = describe(ws)
+		}
+		return fail(fmt.Errorf("%s exec: %s", filepath.Base(req.Runtime), msg))
+	}
+	if console != nil && err != nil {
+		return fail(err)
+	}
+	pb, err := os.ReadFile(pidFile)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
+	if err != nil || pid <= 0 {
+		return fail(fmt.Errorf("%s exec: no pid file: %v", filepath.Base(req.Runtime), err))
+	}
+	return pid, master, nil
+}
+
 func (s *Server) killExec(pid, pidfd int) {
 	if pidfd >= 0 {
 		unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
@@ -267,6 +294,8 @@ func dupFd(f *os.File) (int, error) {
 // ExecSession is a process started in a container by the monitor.
 type ExecSession struct {
 	Pid int
+	// Via says how the monitor started the process (Reply.Via).
+	Via string
 	// Stdin (nil unless asked for), Stdout and Stderr are pipes to the
 	// process; with a TTY, Console is the pty master instead.
 	Stdin, Stdout, Stderr, Console *os.File
@@ -328,7 +357,7 @@ func (c Client) Exec(ctx context.Context, req Request) (*ExecSession, error) {
 		conn.Close()
 		return nil, fmt.Errorf("monitor exec: got %d descriptors, want %d", len(files), want)
 	}
-	s := &ExecSession{Pid: rep.Pid, conn: conn, exit: make(chan execResult, 1)}
+	s := &ExecSession{Pid: rep.Pid, Via: rep.Via, conn: conn, exit: make(chan execResult, 1)}
 	if req.TTY {
 		s.Console = files[0]
 	} else {

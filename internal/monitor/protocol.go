@@ -56,6 +56,9 @@ type Request struct {
 	// For exec: the command and extra environment.
 	Args []string `json:"args,omitempty"`
 	Env  []string `json:"env,omitempty"`
+	// Direct (exec) starts the process through the exec stage rather than
+	// the OCI runtime, unless the stage cannot do it exactly.
+	Direct bool `json:"direct,omitempty"`
 	// For attach: the output streams wanted.
 	Stdout bool `json:"stdout,omitempty"`
 	Stderr bool `json:"stderr,omitempty"`
@@ -80,6 +83,9 @@ type Reply struct {
 	Known   bool   `json:"known,omitempty"`
 	Running bool   `json:"running,omitempty"`
 	Exit    *Exit  `json:"exit,omitempty"`
+	// Via (exec) is how the process was started: "direct", or the
+	// runtime and why not directly.
+	Via string `json:"via,omitempty"`
 }
 
 // Client calls a monitor.

@@ -33,6 +33,7 @@ type Server struct {
 	byPid     map[int]chan unix.WaitStatus
 	unclaimed map[int]unix.WaitStatus
 	dir       string // of the socket; console sockets go there too
+	stage     string // the exec stage binary; "" when there is none
 }
 
 type container struct {
@@ -56,6 +57,10 @@ type container struct {
 	attachMu       sync.Mutex
 	attached       map[*attachment]struct{}
 	outputDone     bool
+
+	// For direct execs, prepared by the first.
+	directMu sync.Mutex
+	direct   *directPrep
 }
 
 // Serve runs a monitor on the socket at path until ctx ends. ready, if
@@ -66,6 +71,14 @@ func Serve(ctx context.Context, path string, ready io.WriteCloser) error {
 	}
 	s := &Server{containers: map[string]*container{}, byPid: map[int]chan unix.WaitStatus{}, unclaimed: map[int]unix.WaitStatus{},
 		dir: filepath.Dir(path)}
+	// The exec stage is beside this binary, as this binary is beside
+	// tripodd.
+	if exe, err := os.Executable(); err == nil {
+		stage := filepath.Join(filepath.Dir(exe), ExecStage)
+		if unix.Access(stage, unix.X_OK) == nil {
+			s.stage = stage
+		}
+	}
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, syscall.SIGCHLD)
 	go s.reap(sigc)

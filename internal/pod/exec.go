@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -134,7 +135,8 @@ func (m *Manager) exec(ctx context.Context, c *Container, cmd []string, sio Stre
 		return 0, err
 	}
 	bin, args := m.runtimeArgs(c.Handler)
-	req := monitor.Request{ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args, Args: cmd, TTY: sio.TTY, Stdin: sio.Stdin != nil}
+	req := monitor.Request{ID: c.ID, Bundle: c.Bundle, Runtime: bin, RuntimeArgs: args, Args: cmd, TTY: sio.TTY, Stdin: sio.Stdin != nil,
+		Direct: m.directExec(c.Handler)}
 	if sio.TTY {
 		req.Env = []string{"TERM=xterm"}
 	}
@@ -150,6 +152,7 @@ func (m *Manager) exec(ctx context.Context, c *Container, cmd []string, sio Stre
 		return 0, fmt.Errorf("exec in %s: %w", c.ID, err)
 	}
 	defer sess.Close()
+	m.log.Debug("exec started", "container", c.ID, "pid", sess.Pid, "via", sess.Via)
 
 	var outputs sync.WaitGroup
 	copyOut := func(w io.Writer, r *os.File) {
@@ -206,6 +209,24 @@ func (m *Manager) exec(ctx context.Context, c *Container, cmd []string, sio Stre
 		return exit.Code, fmt.Errorf("exec in %s: %w", c.ID, werr)
 	}
 	return exit.Code, nil
+}
+
+// directExec says whether execs into the handler's containers may skip
+// the OCI runtime (the monitor's exec stage, see internal/monitor): by
+// default for runc and crun, whose exec the stage does the same way.
+func (m *Manager) directExec(handler string) bool {
+	h := m.opt.Handlers[handler]
+	switch h.Exec {
+	case ExecDirect:
+		return true
+	case ExecRuntime:
+		return false
+	}
+	switch filepath.Base(h.Path) {
+	case "runc", "crun":
+		return true
+	}
+	return false
 }
 
 // withTerminal gives a container's process a terminal, with the TERM

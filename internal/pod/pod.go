@@ -41,7 +41,16 @@ type Images interface {
 // Handler is an OCI runtime selectable per pod (RuntimeClass).
 type Handler struct {
 	Path string // binary, a name looked up in PATH or a path
+	// Exec is how execs start: ExecDirect, ExecRuntime, or "" for direct
+	// when the runtime is runc or crun.
+	Exec string
 }
+
+// Handler.Exec values.
+const (
+	ExecDirect  = "direct"
+	ExecRuntime = "runtime"
+)
 
 // Options configure a Manager.
 type Options struct {

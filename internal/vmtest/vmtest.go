@@ -481,7 +481,17 @@ func GoBinary(ctx context.Context, dir, pkg string) (string, error) {
 	return goBuild(ctx, dir, "build", pkg)
 }
 
+// GoCgoBinary is GoBinary for a package with C in it (cgo), linked
+// static as the guest needs.
+func GoCgoBinary(ctx context.Context, dir, pkg string) (string, error) {
+	return goBuildEnv(ctx, dir, []string{"CGO_ENABLED=1"}, "build", "-ldflags", "-extldflags -static", pkg)
+}
+
 func goBuild(ctx context.Context, dir string, args ...string) (string, error) {
+	return goBuildEnv(ctx, dir, []string{"CGO_ENABLED=0"}, args...)
+}
+
+func goBuildEnv(ctx context.Context, dir string, env []string, args ...string) (string, error) {
 	root, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
@@ -494,7 +504,7 @@ func goBuild(ctx context.Context, dir string, args ...string) (string, error) {
 	args = append(append([]string{}, args[:len(args)-1]...), "-o", out, pkg)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), env...)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, msg)
 	}
