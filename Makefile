@@ -189,10 +189,15 @@ bench-play: deps build
 # Pod start, stop, memory per pod, stats over 50 pods, ExecSync latency and
 # throughput, an idle exec session's memory and critest -benchmark, tripodd vs
 # containerd 2.4 and Debian's containerd 1.6 (their CRI plugin with the
-# reference CNI plugins), all on the runc first on PATH. Needs root.
+# reference CNI plugins), all on the runc first on PATH. Needs root. It runs in
+# a network namespace of its own: what the daemons' CNI plugins leave in the
+# host's (tripod's nftables tables, the reference portmap's iptables chains,
+# bridges) goes with it.
 bench-cri: deps build bench-deps
 	@command -v containerd >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
-	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference TRIPOD_CONTAINERD2_DIR=$(CONTAINERD2_DIR) $(GO) run ./bench/cri
+	$(GO) build -o $(BIN)/bench-cri ./bench/cri
+	TRIPODD=$(BIN)/tripodd TRIPOD_CNI_BIN=$(BIN)/cni TRIPOD_REFERENCE_BIN=$(TOOLS)/reference TRIPOD_CONTAINERD2_DIR=$(CONTAINERD2_DIR) \
+		unshare --net sh -c 'ip link set lo up && exec $(BIN)/bench-cri'
 
 # The main job: dependencies, build, install (make install), then `tripod
 # up`: tripodd and tripod-csi run as daemons (logs in /var/log/tripod), the
