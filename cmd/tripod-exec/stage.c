@@ -455,8 +455,14 @@ static const char *lookpath(struct spec *s)
 			snprintf(buf, sizeof(buf), "./%s", name);
 		else
 			snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, path, name);
-		if (!executable(buf))
+		if (!executable(buf)) {
+			// Found through a relative entry: refused, as the runtime
+			// (Go's LookPath) refuses it, rather than run whatever the
+			// working directory holds.
+			if (n == 0 || path[0] != '/')
+				fail("exec: \"%s\": cannot run executable found relative to current directory", name);
 			return buf;
+		}
 		path = end ? end + 1 : NULL;
 	}
 	fail("exec: \"%s\": executable file not found in $PATH", name);

@@ -287,6 +287,31 @@ func TestDirectExec(t *testing.T) {
 			t.Fatalf("processes in the container: %q", got)
 		}
 
+		// A command found through a relative PATH entry is refused on
+		// both paths (the runtime's Go LookPath says ErrDot).
+		for _, pc := range []struct {
+			pod string
+			cfg *runtimeapi.PodSandboxConfig
+		}{{pod, pcfg}, {slowPod.PodSandboxId, slowCfg}} {
+			resp, err := e.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pc.pod, SandboxConfig: pc.cfg,
+				Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "relpath"},
+					Image: &runtimeapi.ImageSpec{Image: image}, Command: []string{"/bin/sleep", "1000"}, LogPath: "relpath.log",
+					Envs: []*runtimeapi.KeyValue{{Key: "PATH", Value: []byte("bin")}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.start(resp.ContainerId)
+			_, err = e.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: resp.ContainerId, Cmd: []string{"true"}, Timeout: 10})
+			if status.Code(err) == codes.OK || !strings.Contains(err.Error(), `exec: "true": cannot run executable found relative to current directory`) {
+				t.Fatalf("exec of a command found through a relative PATH entry (pod %s): %v", pc.cfg.Metadata.Name, err)
+			}
+			// Gone again, so that the monitor's descriptors count below
+			// sees only the containers it did.
+			if _, err := e.rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: resp.ContainerId}); err != nil {
+				t.Fatal(err)
+			}
+		}
+
 		// An init that dies under the exec: an error or the exec ran,
 		// never a hang or a leftover.
 		d := e.running(pod, pcfg, "dies", image, nil)
