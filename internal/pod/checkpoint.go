@@ -60,10 +60,7 @@ func (m *Manager) Checkpoint(ctx context.Context, id, location string, timeout t
 	if location == "" || !filepath.IsAbs(location) {
 		return fmt.Errorf("location: %q is not an absolute path for the archive: %w", location, errdefs.ErrInvalidArgument)
 	}
-	m.refresh(c)
-	m.mu.Lock()
-	st := c.State
-	m.mu.Unlock()
+	st := m.currentState(c)
 	if st != Running {
 		return fmt.Errorf("container %s is %s, not running: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}

@@ -458,6 +458,15 @@ func (m *Manager) refresh(c *Container) {
 	m.setExit(c, e)
 }
 
+// currentState is c's state once any exit the monitor recorded is taken
+// in (see refresh).
+func (m *Manager) currentState(c *Container) State {
+	m.refresh(c)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return c.State
+}
+
 func (m *Manager) setExit(c *Container, e monitor.Exit) {
 	m.mu.Lock()
 	if c.State == Exited {
@@ -561,10 +570,7 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	if err != nil {
 		return err
 	}
-	m.refresh(c)
-	m.mu.Lock()
-	st := c.State
-	m.mu.Unlock()
+	st := m.currentState(c)
 	if st != Running && st != Created {
 		return nil
 	}
@@ -811,10 +817,7 @@ func (m *Manager) ReopenLog(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	m.refresh(c)
-	m.mu.Lock()
-	st := c.State
-	m.mu.Unlock()
+	st := m.currentState(c)
 	if st != Running {
 		return fmt.Errorf("container %s is not running: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}

@@ -67,10 +67,7 @@ func (m *Manager) runningContainer(id string) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.refresh(c)
-	m.mu.Lock()
-	st := c.State
-	m.mu.Unlock()
+	st := m.currentState(c)
 	if st != Running {
 		return nil, fmt.Errorf("container %s is %s, not running: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}

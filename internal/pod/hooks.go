@@ -301,10 +301,7 @@ func (m *Manager) ApplyResources(ctx context.Context, id string, r *specs.LinuxR
 	if err != nil {
 		return err
 	}
-	m.refresh(c)
-	m.mu.Lock()
-	st := c.State
-	m.mu.Unlock()
+	st := m.currentState(c)
 	if st != Running && st != Created {
 		return fmt.Errorf("container %s is %s: %w", c.ID, st, errdefs.ErrFailedPrecondition)
 	}
